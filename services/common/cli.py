@@ -1,0 +1,61 @@
+"""The `nlfpipe` command: serve a stage, check health, manage models, run the pipeline."""
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from services.common.stages import STAGES
+
+# Subcommand groups that live with the code they drive; each module exposes register(subparsers).
+_PLUGIN_MODULES = ("services.common.models_cli", "orchestrator.cli")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from services.common.server import serve
+
+    return serve(args.stage, port=args.port, port_file=args.port_file)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from services.common.client import health_status
+
+    status = health_status(args.address, args.service, timeout_s=args.timeout)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nlfpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run one stage's gRPC service")
+    serve.add_argument("stage", choices=sorted(STAGES))
+    serve.add_argument("--port", type=int, help="TCP port (default: the stage's port; 0 = any)")
+    serve.add_argument("--port-file", type=Path, help="write the bound port to this file")
+    serve.set_defaults(func=_serve)
+
+    health = sub.add_parser("health", help="check a service's health; exit 0 when SERVING")
+    health.add_argument("address", help="host:port")
+    health.add_argument("--service", default="", help="full gRPC service name (default: server)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    health.set_defaults(func=_health)
+
+    for name in _PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Artifact formats (docs/formats.md)."""
