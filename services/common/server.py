@@ -23,7 +23,7 @@ from services.common.log import RUN_ID_METADATA_KEY, configure_logging, log_even
 from services.common.settings import Settings, load_settings
 from services.common.stagerun import Progress, StageResult
 from services.common.stages import stage_spec
-from services.common.store import ArtifactInfo, open_store
+from services.common.store import ArtifactInfo, ArtifactStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -286,14 +286,23 @@ def summary_to_proto(result: StageResult) -> common_pb2.StageSummary:
     )
 
 
-def serve(stage: str, port: int | None = None, port_file: Path | None = None) -> int:
-    """Runs one stage's service until SIGTERM/SIGINT; the exit code is 0 after a clean stop."""
+def serve(
+    stage: str,
+    port: int | None = None,
+    port_file: Path | None = None,
+    build: Callable[[Settings, ArtifactStore], StageService] | None = None,
+) -> int:
+    """Runs one stage's service until SIGTERM/SIGINT; the exit code is 0 after a clean stop.
+
+    `build` defaults to `services.<stage>.service.build`.
+    """
     spec = stage_spec(stage)
     settings = load_settings()
     configure_logging(stage, settings.log_level, settings.log_format)
     store = open_store(settings)
-    module = importlib.import_module(f"services.{stage}.service")
-    service: StageService = module.build(settings, store)
+    if build is None:
+        build = importlib.import_module(f"services.{stage}.service").build
+    service = build(settings, store)
     chosen_port = (
         spec.port
         if port is None and settings.port is None
