@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml scripts/gen_protos.py $(shell find protos -name '*.prot
 	$(PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'nlfpipe_gen.pth').write_text(str(pathlib.Path('gen').resolve()) + '\\n')"
 	touch $(STAMP)
 
-$(BUF):
-	npm install --silent --no-audit --no-fund --prefix . @bufbuild/buf@1
+$(BUF): package.json
+	npm install --silent --no-audit --no-fund --no-package-lock
 
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
