@@ -1,0 +1,213 @@
+"""The Prefect flows: `process_video` (one video through every stage) and `process_videos`.
+
+This module must not use `from __future__ import annotations`: Prefect resolves the flow's
+parameter types at run time, and UI-triggered runs with pydantic parameters break with it.
+"""
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from orchestrator import stage_tasks
+from orchestrator.params import (
+    AVAILABLE_STAGES,
+    NlfOptions,
+    ParameterError,
+    Renderer,
+    SubjectSelection,
+    VideoParams,
+    validate_params,
+)
+from orchestrator.summary import RunSummary, markdown, people_in
+from orchestrator.tasks import GPU_STAGES, GPU_TAG_PREFIX
+
+
+class SubjectChoice(RunInput):
+    """Typed input the UI asks for when the run pauses for subject selection."""
+
+    indices: list[int] = Field(
+        default_factory=list,
+        description="Candidate numbers to track (as in the preview), e.g. [0, 2]. Empty: all.",
+    )
+
+
+@flow(name="process-video", flow_run_name="{params.video}", validate_parameters=True)
+def process_video(params: VideoParams) -> RunSummary:
+    """Runs one video through ingest, tracking, (camera,) pose and fitting; returns the summary."""
+    started = time.monotonic()
+    logger = get_run_logger()
+    params = _checked(params)
+    outcomes = []
+
+    source = stage_tasks.resolve_source(params)
+    ingest = stage_tasks.ingest_video(params, source)
+    outcomes.append(ingest)
+    probe = stage_tasks.probe_of(ingest)
+    fps_factor = params.fps_factor or (1 if probe.fps > 40 else 2)
+    init_frame = stage_tasks.init_frame_index(params, probe)
+    logger.info(
+        "video: %d frames at %.3f fps, %dx%d; init frame %d; fps factor %d",
+        probe.frame_count, probe.fps, probe.width, probe.height, init_frame, fps_factor,
+    )  # fmt: skip
+
+    selection = params.subjects
+    if selection.in_ui:
+        preview = stage_tasks.preview_candidates(params, ingest, init_frame)
+        outcomes.append(preview)
+        selection = _ask_for_subjects(preview)
+
+    tracking = stage_tasks.track_people(params, ingest, init_frame, selection, probe)
+    outcomes.append(tracking)
+    # The moving-camera path (semseg concurrently with tracking, then slam) and the video
+    # frame doubling (concurrently with pose) plug in here as one task each.
+    cameras = None
+    pose = stage_tasks.estimate_poses(params, ingest, tracking, cameras, probe)
+    outcomes.append(pose)
+    fitting = stage_tasks.fit_bodies(params, pose, tracking, cameras, fps_factor, probe)
+    outcomes.append(fitting)
+
+    summary = RunSummary(
+        video=params.video,
+        stages=outcomes,
+        people_found=people_in(tracking),
+        frames=probe.frame_count,
+        fps_factor=fps_factor,
+        wall_seconds=time.monotonic() - started,
+    )
+    return publish_summary(summary)
+
+
+def _checked(params: VideoParams) -> VideoParams:
+    try:
+        return validate_params(params)
+    except ParameterError as err:
+        get_run_logger().error("invalid parameters: %s", err)
+        raise
+
+
+def _ask_for_subjects(preview) -> SubjectSelection:
+    """Pauses the run until someone types candidate indices in the UI; returns the selection."""
+    logger = get_run_logger()
+    candidates = stage_tasks.candidate_count(preview)
+    stage_tasks.show_candidates(preview)
+    logger.info("waiting for subject selection in the UI (%d candidates)", candidates)
+    choice = _pause_for(SubjectChoice)
+    bad = [i for i in choice.indices if not 0 <= i < max(candidates, 1)]
+    if candidates and bad:
+        raise ParameterError(
+            "subjects.indices", f"{bad} are not candidates; choose from 0..{candidates - 1}"
+        )
+    logger.info("subjects chosen in the UI: %s", choice.indices or "all")
+    return SubjectSelection(indices=choice.indices)
+
+
+def _pause_for(model: type[RunInput]) -> RunInput:
+    from prefect.flow_runs import pause_flow_run
+
+    return pause_flow_run(wait_for_input=model, timeout=24 * 3600, poll_interval=2)
+
+
+@task(name="publish-summary", persist_result=False, cache_policy=NO_CACHE)
+def publish_summary(summary: RunSummary) -> RunSummary:
+    """Writes the summary JSON to the store and the summary artifacts to Prefect."""
+    summary.summary_uri = stage_tasks.store_summary(summary)
+    links = stage_tasks.browser_links(summary.outputs())
+    create_markdown_artifact(
+        markdown=markdown(summary, links),
+        key=_artifact_key("run-summary", summary.video),
+        description=f"nlfpipe run of {summary.video}",
+    )
+    create_table_artifact(
+        table=[
+            {
+                "stage": s.stage,
+                "cache_hit": s.cache_hit,
+                "compute_s": round(s.compute_seconds, 3),
+                "call_s": round(s.wall_seconds, 3),
+                "attempts": s.attempts,
+                **{k: v for k, v in s.counts.items()},
+            }
+            for s in summary.stages
+        ],
+        description="stage timings",
+    )
+    return summary
+
+
+def _artifact_key(prefix: str, video: str) -> str:
+    """Artifact keys allow lower-case letters, digits and dashes only."""
+    stem = "".join(c if c.isalnum() else "-" for c in Path(video).stem.lower()).strip("-")
+    return f"{prefix}-{stem[:40] or 'video'}"
+
+
+class BatchOptions(BaseModel):
+    """The options shared by every video of a batch (everything of VideoParams but the video)."""
+
+    time_range: str | None = None
+    seg_init_time: str | None = None
+    max_persons: int = -1
+    subjects: SubjectSelection = Field(default_factory=SubjectSelection)
+    static_camera: bool = True
+    fov_deg: float | None = None
+    fps_factor: Literal[1, 2] | None = None
+    nlf: NlfOptions = Field(default_factory=NlfOptions)
+    renderer: Renderer = "none"
+    force: bool = False
+
+
+@task(name="video", persist_result=False, cache_policy=NO_CACHE)
+def _video_subflow(params: VideoParams) -> RunSummary:
+    return process_video(params)
+
+
+@flow(name="process-videos", validate_parameters=True)
+def process_videos(
+    videos: list[str] | None = None,
+    folder: str | None = None,
+    store_prefix: str | None = None,
+    options: BatchOptions | None = None,
+    max_concurrent_videos: int = 2,
+    gpu_slots_per_service: int = 1,
+) -> list[RunSummary]:
+    """Runs many videos (a list, a folder, or a store prefix), each as a process-video subflow.
+
+    GPU stages carry a tag per service with a concurrency limit of `gpu_slots_per_service`,
+    so concurrent videos queue for a GPU service instead of oversubscribing it.
+    """
+    logger = get_run_logger()
+    sources = stage_tasks.list_videos(videos or [], folder, store_prefix)
+    options = options or BatchOptions()
+    if max_concurrent_videos < 1:
+        raise ParameterError("max_concurrent_videos", "must be at least 1")
+    all_params = []
+    for source in sources:
+        try:
+            all_params.append(validate_params({"video": source, **options.model_dump()}))
+        except ParameterError as err:
+            raise ParameterError(err.field, f"{source}: {err}") from None
+    stage_tasks.ensure_gpu_limits(
+        [GPU_TAG_PREFIX + s for s in sorted(GPU_STAGES & AVAILABLE_STAGES)], gpu_slots_per_service
+    )
+    logger.info("%d videos, up to %d at a time", len(all_params), max_concurrent_videos)
+    pending = list(all_params)
+    running, summaries = [], []
+    while pending or running:
+        while pending and len(running) < max_concurrent_videos:
+            running.append(_video_subflow.submit(pending.pop(0)))
+        done = next(as_completed(running))
+        running.remove(done)
+        summaries.append(done.result())
+    return summaries
+
+
+def current_run_id() -> str | None:
+    """The flow run id (for service logs), when inside a run."""
+    return str(flow_run.id) if flow_run.id else None

@@ -1,0 +1,408 @@
+"""The embedded stack: stage services as local processes (and a local Prefect server).
+
+`LocalStack` starts `nlfpipe serve <stage> --port 0 --port-file F` for each stage that is not
+already serving, waits for SERVING, restarts a service that dies while the stack is up (on the
+same port, so retried calls find it again), and stops what it started on exit or Ctrl-C.
+`nlfpipe stack up` writes the processes it left running to a state file that `nlfpipe run`,
+`stack status` and `stack down` read.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import psutil
+
+from services.common.client import health_status
+from services.common.stages import stage_spec
+
+DEFAULT_STATE_DIR = Path(".nlfpipe")
+STATE_FILE = "stack.json"
+STOP_GRACE_S = 20.0
+
+
+class StackError(RuntimeError):
+    """A service of the stack could not be started; says which and where its log is."""
+
+
+class ModelsMissing(StackError):
+    """Services that cannot load their models; the message lists files and fetch commands."""
+
+    def __init__(self, reasons: Mapping[str, str]):
+        self.reasons = dict(reasons)
+        lines = [f"  {stage}: {reason}" for stage, reason in sorted(self.reasons.items())]
+        super().__init__(
+            "models are missing, nothing was run:\n" + "\n".join(lines)
+            + "\nFetch them with `nlfpipe models fetch NAME` (see `nlfpipe models list`), "
+            "or try the pipeline on generated test models with `nlfpipe run --test-models`."
+        )
+
+
+@dataclass
+class ServiceProcess:
+    """One stage service started by this stack (or found running)."""
+
+    stage: str
+    address: str
+    pid: int | None = None
+    port: int = 0
+    log_path: str = ""
+    owned: bool = True
+    restarts: int = 0
+    popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.pid is not None and _pid_alive(self.pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting to be reaped counts as stopped)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def serve_command(stage: str, port: int, port_file: Path) -> list[str]:
+    """The command line of one stage service process."""
+    return [
+        sys.executable, "-m", "services.common.cli", "serve", stage,
+        "--port", str(port), "--port-file", str(port_file),
+    ]  # fmt: skip
+
+
+class LocalStack:
+    """Stage services as child processes of this one; a context manager that stops them."""
+
+    def __init__(
+        self,
+        stages: Iterable[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        startup_timeout_s: float = 300.0,
+        supervise: bool = True,
+        detach: bool = False,
+    ):
+        self.stages = list(dict.fromkeys(stages))
+        for stage in self.stages:
+            stage_spec(stage)
+        self.env = dict(os.environ if env is None else env)
+        self.state_dir = Path(state_dir)
+        self.startup_timeout_s = startup_timeout_s
+        self.supervise = supervise and not detach
+        self.detach = detach
+        self.services: dict[str, ServiceProcess] = {}
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
+
+    # lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> "LocalStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> dict[str, str]:
+        """Starts (or reuses) every stage service; returns stage -> address once all serve."""
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        reusable = running_services(self.state_dir)
+        try:
+            for stage in self.stages:
+                found = reusable.get(stage)
+                if found is not None and health_status(found.address, timeout_s=2.0) == "SERVING":
+                    found.owned = False
+                    self.services[stage] = found
+                else:
+                    self.services[stage] = self._spawn(stage, port=0)
+            self._wait_all_serving()
+        except BaseException:
+            self.stop()
+            raise
+        if self.supervise:
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="nlfpipe-stack-supervisor", daemon=True
+            )
+            self._supervisor.start()
+        return self.addresses()
+
+    def addresses(self) -> dict[str, str]:
+        return {stage: s.address for stage, s in self.services.items()}
+
+    def address_env(self) -> dict[str, str]:
+        """`<STAGE>_ADDR` variables that point the flow at these services."""
+        return {stage_spec(stage).addr_env: addr for stage, addr in self.addresses().items()}
+
+    def stop(self) -> None:
+        """Stops the services this stack started (SIGTERM, then SIGKILL after a grace period)."""
+        self._stopping.set()
+        with self._lock:
+            owned = [s for s in self.services.values() if s.owned and s.popen is not None]
+        for service in owned:
+            if service.alive():
+                service.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for service in owned:
+            try:
+                service.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                service.popen.kill()
+                service.popen.wait(timeout=5)
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+
+    # processes -----------------------------------------------------------------------------
+    def _spawn(self, stage: str, port: int) -> ServiceProcess:
+        port_file = self.state_dir / f"{stage}.port"
+        port_file.unlink(missing_ok=True)
+        log_path = self.state_dir / "logs" / f"{stage}.log"
+        with open(log_path, "ab" if port else "wb") as log:
+            popen = subprocess.Popen(
+                serve_command(stage, port, port_file),
+                env={**self.env, "NLFPIPE_LOG_FORMAT": "json"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        bound = _read_port(port_file, popen, log_path, timeout_s=self.startup_timeout_s)
+        return ServiceProcess(
+            stage=stage,
+            address=f"127.0.0.1:{bound}",
+            pid=popen.pid,
+            port=bound,
+            log_path=str(log_path),
+            popen=popen,
+        )
+
+    def _wait_all_serving(self) -> None:
+        """Waits until every service serves; a service missing models fails at once, listed."""
+        deadline = time.monotonic() + self.startup_timeout_s
+        waiting = dict(self.services)
+        missing: dict[str, str] = {}
+        while waiting:
+            for stage, service in list(waiting.items()):
+                if health_status(service.address, timeout_s=1.0) == "SERVING":
+                    del waiting[stage]
+                elif service.owned and not service.alive():
+                    raise StackError(
+                        f"the {stage} service exited during start-up; "
+                        f"its log: {service.log_path}\n{_tail(service.log_path)}"
+                    )
+                elif reason := _model_not_ready_reason(service.log_path):
+                    missing[stage] = reason
+                    del waiting[stage]
+            if time.monotonic() > deadline:
+                stage, service = next(iter(waiting.items()))
+                raise StackError(
+                    f"the {stage} service at {service.address} is not SERVING after "
+                    f"{self.startup_timeout_s:.0f} s ({health_status(service.address)}); "
+                    f"its log: {service.log_path}\n{_tail(service.log_path)}"
+                )
+            if waiting:
+                time.sleep(0.1)
+        if missing:
+            raise ModelsMissing(missing)
+
+    def _supervise(self) -> None:
+        """Restarts an owned service that died while the stack is up, on its old port."""
+        while not self._stopping.wait(0.5):
+            for stage, service in list(self.services.items()):
+                if not service.owned or service.alive() or self._stopping.is_set():
+                    continue
+                try:
+                    with self._lock:
+                        if self._stopping.is_set():
+                            return
+                        replacement = self._spawn(stage, port=service.port)
+                        replacement.restarts = service.restarts + 1
+                        self.services[stage] = replacement
+                except Exception as exc:  # noqa: BLE001 - keep supervising the others
+                    sys.stderr.write(f"nlfpipe: restarting {stage} failed: {exc}\n")
+
+    # state file for `stack up|down|status` --------------------------------------------------
+    def write_state(self, extra: Mapping[str, object] | None = None) -> Path:
+        path = self.state_dir / STATE_FILE
+        state = {
+            "services": {
+                stage: {f.name: getattr(s, f.name) for f in fields(s) if f.name != "popen"}
+                for stage, s in self.services.items()
+            },
+            **(extra or {}),
+        }
+        path.write_text(json.dumps(state, indent=2))
+        return path
+
+
+def _read_port(port_file: Path, popen: subprocess.Popen, log_path: Path, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            text = port_file.read_text().strip()
+            if text.isdigit():
+                return int(text)
+        if popen.poll() is not None:
+            raise StackError(
+                f"{' '.join(popen.args[3:5])} exited with code {popen.returncode} before "
+                f"listening; its log: {log_path}\n{_tail(log_path)}"
+            )
+        time.sleep(0.05)
+    popen.kill()
+    raise StackError(f"{' '.join(popen.args[3:5])} did not bind a port in {timeout_s:.0f} s")
+
+
+def _model_not_ready_reason(log_path: str) -> str | None:
+    """The reason of a "model not ready" event in a service's JSON log, if there is one."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if '"model not ready"' in line:
+            try:
+                return str(json.loads(line).get("reason", line))
+            except json.JSONDecodeError:
+                return line
+    return None
+
+
+def _tail(path: str | Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def read_state(state_dir: Path = DEFAULT_STATE_DIR) -> dict:
+    path = Path(state_dir) / STATE_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def running_services(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, ServiceProcess]:
+    """Services recorded by `nlfpipe stack up` whose process is still alive."""
+    services = {}
+    for stage, recorded in read_state(state_dir).get("services", {}).items():
+        service = ServiceProcess(**{**recorded, "owned": False})
+        if service.alive():
+            services[stage] = service
+    return services
+
+
+def stop_recorded(
+    state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = STOP_GRACE_S
+) -> list[str]:
+    """Stops every process in the state file (services and Prefect server); returns what stopped."""
+    state = read_state(state_dir)
+    targets: list[tuple[str, int]] = [
+        (stage, recorded["pid"]) for stage, recorded in state.get("services", {}).items()
+    ]
+    if state.get("prefect", {}).get("pid"):
+        targets.append(("prefect-server", state["prefect"]["pid"]))
+    stopped = []
+    for name, pid in targets:
+        if pid and _pid_alive(pid):
+            _signal_group(pid, signal.SIGTERM)
+            stopped.append(name)
+    deadline = time.monotonic() + timeout_s
+    for _, pid in targets:
+        while pid and _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid and _pid_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+    (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signals the process group a stack process leads (it was started in its own session)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def start_prefect_server(port: int, state_dir: Path, timeout_s: float = 120.0) -> dict:
+    """Starts `prefect server start` in its own session; returns its pid and URLs once healthy."""
+    import urllib.request
+
+    state_dir = Path(state_dir)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "logs" / "prefect-server.log"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str((state_dir / "prefect").resolve()),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    prefect = Path(sys.executable).with_name("prefect")
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    api_url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise StackError(f"the Prefect server exited; its log: {log_path}\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return {
+                        "pid": popen.pid,
+                        "api_url": api_url,
+                        "ui_url": f"http://127.0.0.1:{port}",
+                        "log_path": str(log_path),
+                    }
+        except OSError:
+            pass
+        time.sleep(0.5)
+    _signal_group(popen.pid, signal.SIGTERM)
+    raise StackError(f"the Prefect server did not answer in {timeout_s:.0f} s; log: {log_path}")
+
+
+def prefect_api_url(state_dir: Path = DEFAULT_STATE_DIR) -> str | None:
+    """The API URL of the stack's Prefect server, when it is running."""
+    prefect = read_state(state_dir).get("prefect") or {}
+    if prefect.get("pid") and _pid_alive(prefect["pid"]):
+        return prefect.get("api_url")
+    return None
+
+
+def stack_status(state_dir: Path = DEFAULT_STATE_DIR) -> list[dict]:
+    """One row per recorded process: name, address and health."""
+    state = read_state(state_dir)
+    rows = []
+    for stage, recorded in state.get("services", {}).items():
+        alive = recorded.get("pid") and _pid_alive(recorded["pid"])
+        status = health_status(recorded["address"], timeout_s=2.0) if alive else "STOPPED"
+        rows.append({"name": stage, "address": recorded["address"], "status": status})
+    prefect = state.get("prefect")
+    if prefect:
+        alive = _pid_alive(prefect["pid"])
+        rows.append({
+            "name": "prefect-server", "address": prefect["ui_url"],
+            "status": "SERVING" if alive else "STOPPED",
+        })  # fmt: skip
+    return rows

@@ -1,0 +1,192 @@
+"""One Prefect task per stage RPC: addresses, deadlines, retries on transient errors, progress."""
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import Message
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from orchestrator import progress as progress_events
+from orchestrator.outcome import StageOutcome, outcome_from_result
+from services.common.stages import stage_spec
+
+#: gRPC codes worth retrying: the service is restarting, overloaded, or the call timed out.
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+#: Seconds between attempts of a failed stage call (then the last value again).
+RETRY_DELAYS_S = [2.0, 5.0, 15.0]
+STAGE_RETRIES = 3
+#: How long an attempt waits for its service to report SERVING (a restart loads models).
+SERVING_WAIT_S = float(os.environ.get("NLFPIPE_SERVING_WAIT_S", "120"))
+#: Tag of the GPU-bound stages; a concurrency limit per tag admits N calls per GPU service.
+GPU_TAG_PREFIX = "nlfpipe-gpu-"
+GPU_STAGES = frozenset({"tracking", "semseg", "slam", "pose", "interpolation"})
+_PROGRESS_INTERVAL_S = 1.0
+_LOG_INTERVAL_S = 10.0
+
+
+class StageCallError(Exception):
+    """A stage RPC failed; picklable, with the gRPC code kept for the retry decision."""
+
+    def __init__(self, stage: str, code: str, details: str):
+        super().__init__(f"{stage} failed with {code}: {details}")
+        self.stage = stage
+        self.code = code
+        self.details = details
+
+    def __reduce__(self):
+        return (type(self), (self.stage, self.code, self.details))
+
+    @property
+    def transient(self) -> bool:
+        return self.code in {c.name for c in TRANSIENT_CODES}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors where trying the same call again may succeed."""
+    if isinstance(exc, StageCallError):
+        return exc.transient
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code() in TRANSIENT_CODES
+    return False
+
+
+def retry_on_transient(task, task_run, state) -> bool:
+    """Prefect retry condition: retry transient gRPC failures only, never INVALID_ARGUMENT."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the state re-raises whatever the task raised
+        return is_transient(exc)
+    return False
+
+
+def stage_address(stage: str) -> str:
+    """The service address from `<STAGE>_ADDR`, else the stage's default port on localhost."""
+    spec = stage_spec(stage)
+    return os.environ.get(spec.addr_env) or spec.default_address
+
+
+def stage_deadline_s(stage: str, video_seconds: float = 0.0) -> float:
+    """Deadline of a call: `NLFPIPE_<STAGE>_DEADLINE_S`, else 10 min + 60 s per video second."""
+    configured = os.environ.get(f"NLFPIPE_{stage.upper()}_DEADLINE_S")
+    return float(configured) if configured else 600.0 + 60.0 * max(video_seconds, 0.0)
+
+
+def stage_tags(stage: str) -> list[str]:
+    """Prefect tags of a stage's task runs; GPU stages get the admission tag."""
+    tags = ["nlfpipe", f"stage:{stage}"]
+    if stage in GPU_STAGES:
+        tags.append(GPU_TAG_PREFIX + stage)
+    return tags
+
+
+@dataclass
+class _ProgressForwarder:
+    """Sends stage progress to a Prefect progress artifact, the run log and local listeners."""
+
+    stage: str
+    artifact_id: object = None
+    last_artifact: float = 0.0
+    last_log: float = 0.0
+
+    def __call__(self, event) -> None:
+        done, total = int(event.done), int(event.total)
+        message = event.message or getattr(event, "step", "")
+        progress_events.emit(self.stage, done, total, message)
+        now = time.monotonic()
+        fraction = min(done / total, 1.0) if total > 0 else None
+        if self.artifact_id is not None and fraction is not None and (
+            now - self.last_artifact >= _PROGRESS_INTERVAL_S or fraction >= 1.0
+        ):
+            self.last_artifact = now
+            update_progress_artifact(
+                self.artifact_id, progress=100.0 * fraction, description=self._text(message)
+            )
+        if now - self.last_log >= _LOG_INTERVAL_S:
+            self.last_log = now
+            where = f"{done}/{total}" if total else str(done)
+            get_run_logger().info("%s: %s %s", self.stage, where, message)
+
+    def _text(self, message: str) -> str:
+        return f"{self.stage}: {message}" if message else self.stage
+
+
+def _open_progress_artifact(stage: str):
+    try:
+        return create_progress_artifact(progress=0.0, description=f"{stage}: starting")
+    except Exception:  # noqa: BLE001 - progress display must never fail a stage
+        get_run_logger().debug("no progress artifact for %s", stage, exc_info=True)
+        return None
+
+
+def _attempt_number() -> int:
+    context = TaskRunContext.get()
+    return (context.task_run.run_count if context else 0) or 1
+
+
+def call_stage_rpc(
+    stage: str,
+    method_name: str,
+    request: Message,
+    *,
+    stub_factory: Callable[[grpc.Channel], object],
+    video_seconds: float = 0.0,
+) -> StageOutcome:
+    """Calls one stage RPC (streamed progress, deadline) and returns its outcome as references."""
+    from services.common.client import call_stage, open_channel, wait_serving
+
+    logger = get_run_logger()
+    address = stage_address(stage)
+    deadline = stage_deadline_s(stage, video_seconds)
+    started = time.monotonic()
+    try:
+        wait_serving(address, timeout_s=SERVING_WAIT_S)
+    except Exception as exc:  # noqa: BLE001 - surfaced as UNAVAILABLE so the task retries
+        raise StageCallError(stage, "UNAVAILABLE", f"{address} is not serving: {exc}") from None
+    forwarder = _ProgressForwarder(stage, artifact_id=_open_progress_artifact(stage))
+    progress_events.emit(stage, 0, 0, "started")
+    channel = open_channel(address)
+    try:
+        method = getattr(stub_factory(channel), method_name)
+        result = call_stage(method, request, timeout_s=deadline, on_progress=forwarder)
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        progress_events.emit(stage, 0, 0, f"failed: {code}", failed=True)
+        raise StageCallError(stage, code, details or "") from None
+    finally:
+        channel.close()
+    outcome = outcome_from_result(stage, result, time.monotonic() - started)
+    outcome.attempts = _attempt_number()
+    if forwarder.artifact_id is not None:
+        update_progress_artifact(forwarder.artifact_id, 100.0, description=f"{stage}: done")
+    verdict = "cache hit (no compute)" if outcome.cache_hit else f"{outcome.compute_seconds:.1f}s"
+    logger.info("%s done: %s, counts %s", stage, verdict, outcome.counts)
+    progress_events.emit(stage, 1, 1, "cached" if outcome.cache_hit else "done", finished=True)
+    return outcome
+
+
+def stage_task(stage: str):
+    """Decorates a stage-call function as a Prefect task with the stage's retries and tags."""
+    return task(
+        name=stage,
+        tags=stage_tags(stage),
+        retries=STAGE_RETRIES,
+        retry_delay_seconds=RETRY_DELAYS_S,
+        retry_jitter_factor=0.2,
+        retry_condition_fn=retry_on_transient,
+        persist_result=False,
+        cache_policy=NO_CACHE,
+    )
+

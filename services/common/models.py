@@ -1,0 +1,371 @@
+"""The model registry and cache: which weight files exist, how to fetch and check them.
+
+See docs/models.md. Layout of the cache: ``<settings.model_cache>/<model name>/<file name>``.
+A download goes to ``<file>.part`` (resumed with an HTTP Range request after a cut
+connection) and is moved to its final name only once its size and sha256 check out. Services
+call ``require_model`` in ``load()``; it never downloads and raises ``ModelNotReady`` with the
+command that fixes it. Hashes are cached beside each file (``.<file>.sha256.json``, keyed by
+size and mtime) so that a check on load does not re-read gigabytes.
+"""
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from services.common.errors import ModelNotReady
+from services.common.settings import Settings
+
+REGISTRY_PATH = Path(__file__).with_name("model_registry.yaml")
+_CHUNK = 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+class ModelFetchError(RuntimeError):
+    """A download failed or produced a file that does not match the registry."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model entry."""
+
+    name: str
+    url: str | None = None
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+    size_bytes: int | None = None
+    extract: tuple[str, ...] = ()
+    optional: bool = False
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model of the registry: its files, licence and how to obtain it."""
+
+    name: str
+    description: str
+    license: str
+    files: tuple[ModelFile, ...]
+    used_by: tuple[str, ...] = ()
+    license_url: str = ""
+    registration: str | None = None
+    instructions: str = ""
+
+    @property
+    def manual(self) -> bool:
+        """True when the licence requires a registration: nlfpipe never downloads these."""
+        return self.registration is not None
+
+    def required_paths(self) -> list[str]:
+        """Paths (relative to the model folder) that must exist for the model to be usable."""
+        paths: list[str] = []
+        for f in self.files:
+            if f.optional:
+                continue
+            paths.extend(f.extract if f.extract else [f.name])
+        return paths
+
+
+@cache
+def load_registry(path: Path = REGISTRY_PATH) -> dict[str, ModelEntry]:
+    """Reads the registry file into entries by name."""
+    raw = yaml.safe_load(Path(path).read_text())
+    entries = {}
+    for name, spec in raw["models"].items():
+        files = tuple(
+            ModelFile(
+                name=f["name"], url=f.get("url"), sha256=f.get("sha256"),
+                sha256_prefix=f.get("sha256_prefix"), size_bytes=f.get("size_bytes"),
+                extract=tuple(f.get("extract") or ()), optional=bool(f.get("optional", False)),
+                notes=(f.get("notes") or "").strip(),
+            )
+            for f in spec["files"]
+        )
+        entries[name] = ModelEntry(
+            name=name, description=spec["description"], license=spec["license"].strip(),
+            files=files, used_by=tuple(spec.get("used_by") or ()),
+            license_url=spec.get("license_url", ""), registration=spec.get("registration"),
+            instructions=(spec.get("instructions") or "").strip(),
+        )
+    return entries
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry ``name``; KeyError lists the known names."""
+    registry = load_registry()
+    if name not in registry:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def model_dir(name: str, settings: Settings) -> Path:
+    """The cache folder of a model (whether or not it is there)."""
+    get_entry(name)
+    return settings.model_cache / name
+
+
+def model_path(name: str, settings: Settings) -> Path:
+    """What a service opens: the file of a one-file model, else the model's folder."""
+    entry = get_entry(name)
+    folder = settings.model_cache / name
+    if len(entry.files) == 1 and not entry.files[0].extract:
+        return folder / entry.files[0].name
+    return folder
+
+
+def fetch_command(name: str) -> str:
+    return f"nlfpipe models fetch {name}"
+
+
+def _not_ready(entry: ModelEntry, settings: Settings, problem: str) -> ModelNotReady:
+    how = (
+        f"{entry.instructions} (licence: {entry.registration})"
+        if entry.manual
+        else f"Run `{fetch_command(entry.name)}` (with NLFPIPE_MODEL_CACHE={settings.model_cache})"
+    )
+    return ModelNotReady(f"model {entry.name!r} is not ready: {problem}. {how}")
+
+
+def require_model(name: str, settings: Settings) -> Path:
+    """Checks that a model is in the cache and intact, and returns ``model_path(name)``.
+
+    Raises ``ModelNotReady`` naming the missing or corrupt file, its expected path and the
+    command that gets it. Never downloads. The sha256 (where the registry pins one) is read
+    from the hash cache when the file's size and mtime are unchanged.
+    """
+    entry = get_entry(name)
+    folder = settings.model_cache / name
+    for rel in entry.required_paths():
+        if not (folder / rel).is_file():
+            problem = f"file {rel!r} is missing (expected at {folder / rel})"
+            raise _not_ready(entry, settings, problem)
+    for f in entry.files:
+        path = folder / f.name
+        if f.extract or not path.is_file():
+            continue
+        problem = check_file(path, f, use_cache=True)
+        if problem:
+            raise _not_ready(entry, settings, f"{path} is corrupt: {problem}")
+    return model_path(name, settings)
+
+
+def _hash_cache_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256.json")
+
+
+def sha256_of(path: Path, *, use_cache: bool = True) -> str:
+    """The file's sha256, from the hash cache when size and mtime are unchanged."""
+    stat = path.stat()
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    cache_path = _hash_cache_path(path)
+    if use_cache:
+        try:
+            cached = json.loads(cache_path.read_text())
+            if {k: cached.get(k) for k in key} == key:
+                return cached["sha256"]
+        except (OSError, ValueError, KeyError):
+            pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    try:
+        cache_path.write_text(json.dumps({**key, "sha256": value}))
+    except OSError:
+        log.debug("cannot write the hash cache %s (read-only cache?)", cache_path)
+    return value
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    try:
+        return json.loads(path.with_name(f".{path.name}.fetched.json").read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def check_file(path: Path, spec: ModelFile, *, use_cache: bool) -> str | None:
+    """None when the file matches its size and sha256 (or the hash seen at fetch), else why not."""
+    size = path.stat().st_size
+    if spec.size_bytes is not None and size != spec.size_bytes:
+        return f"size {size} bytes, expected {spec.size_bytes}"
+    expected = spec.sha256 or _recorded_sha256(path)
+    if expected is None and spec.sha256_prefix is None:
+        return None
+    actual = sha256_of(path, use_cache=use_cache)
+    if expected is not None and actual != expected:
+        return f"sha256 {actual}, expected {expected}"
+    if spec.sha256_prefix and not actual.startswith(spec.sha256_prefix):
+        return f"sha256 {actual} does not start with {spec.sha256_prefix}"
+    return None
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_model`` found: missing and corrupt files (both empty = all good)."""
+
+    name: str
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt
+
+
+def verify_model(name: str, settings: Settings) -> VerifyReport:
+    """Re-hashes every file of the model (ignoring the hash cache)."""
+    entry = get_entry(name)
+    folder = settings.model_cache / name
+    report = VerifyReport(name)
+    report.missing = [rel for rel in entry.required_paths() if not (folder / rel).is_file()]
+    for f in entry.files:
+        path = folder / f.name
+        if f.extract or not path.is_file():
+            continue
+        problem = check_file(path, f, use_cache=False)
+        if problem:
+            report.corrupt.append(f"{f.name}: {problem}")
+    return report
+
+
+class ManualDownloadRequired(ModelFetchError):
+    """The model's licence needs a registration; the message says what to do."""
+
+
+def fetch_model(
+    name: str,
+    settings: Settings,
+    *,
+    attempts: int = 5,
+    timeout_s: float = 60.0,
+    on_progress: Callable[[str, int, int | None], None] | None = None,
+) -> Path:
+    """Downloads the model's missing files into the cache (resuming) and checks them.
+
+    Raises ``ManualDownloadRequired`` for models behind a registration and ``ModelFetchError``
+    when a download fails or does not match the registry (the partial file is removed on a
+    mismatch, kept for resuming after a network error).
+    """
+    entry = get_entry(name)
+    folder = settings.model_cache / name
+    if entry.manual:
+        if verify_model(name, settings).ok:
+            return model_path(name, settings)
+        raise ManualDownloadRequired(
+            f"{name}: nlfpipe does not download this model (licence: {entry.license}). "
+            f"{entry.instructions} Folder: {folder}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in entry.files:
+        final = folder / spec.name
+        if final.is_file() and check_file(final, spec, use_cache=True) is None:
+            _extract(final, spec, folder)
+            continue
+        if not spec.url:
+            raise ModelFetchError(f"{name}: {spec.name} has no download URL in the registry")
+        _download(spec, final, attempts=attempts, timeout_s=timeout_s, on_progress=on_progress)
+        _extract(final, spec, folder)
+    return model_path(name, settings)
+
+
+def _download(spec: ModelFile, final: Path, *, attempts: int, timeout_s: float,
+              on_progress: Callable[[str, int, int | None], None] | None) -> None:
+    partial = final.with_name(final.name + ".part")
+    last_error: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            _download_once(spec, partial, timeout_s, on_progress)
+            break
+        except (OSError, http.client.HTTPException) as e:
+            if isinstance(e, urllib.error.HTTPError) and e.code not in (408, 429, 500, 502, 503,
+                                                                        504):
+                raise ModelFetchError(f"{spec.url}: HTTP {e.code} {e.reason}") from e
+            last_error = e
+            log.warning("download of %s interrupted (%s); resuming", spec.name, e)
+            time.sleep(min(2.0**attempt * 0.1, 5.0))
+    else:
+        raise ModelFetchError(
+            f"{spec.url}: download failed after {attempts} attempts ({last_error}); run the "
+            f"fetch again to resume from {partial.stat().st_size if partial.exists() else 0} bytes"
+        )
+    problem = check_file(partial, spec, use_cache=False)
+    if problem:
+        partial.unlink(missing_ok=True)
+        _hash_cache_path(partial).unlink(missing_ok=True)
+        raise ModelFetchError(f"{spec.url}: downloaded file rejected, {problem}")
+    digest = sha256_of(partial, use_cache=True)
+    _hash_cache_path(partial).unlink(missing_ok=True)
+    os.replace(partial, final)
+    sha256_of(final, use_cache=False)
+    if spec.sha256 is None:
+        final.with_name(f".{final.name}.fetched.json").write_text(
+            json.dumps({"sha256": digest, "url": spec.url})
+        )
+        log.warning("%s has no sha256 in the registry; it was %s on fetch", spec.name, digest)
+
+
+def _download_once(spec: ModelFile, partial: Path, timeout_s: float,
+                   on_progress: Callable[[str, int, int | None], None] | None) -> None:
+    have = partial.stat().st_size if partial.exists() else 0
+    if spec.size_bytes is not None and have == spec.size_bytes:
+        return
+    request = urllib.request.Request(spec.url, headers={"User-Agent": "nlfpipe-models"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # nothing left past what we have: the file is complete
+            return
+        raise
+    with response:
+        if "text/html" in response.headers.get("Content-Type", ""):
+            raise ModelFetchError(
+                f"{spec.url} answered with a web page, not the file. {spec.notes}".strip()
+            )
+        mode = "ab" if have and response.status == 206 else "wb"
+        done = have if mode == "ab" else 0
+        length = response.headers.get("Content-Length")
+        total = done + int(length) if length is not None else spec.size_bytes
+        with open(partial, mode) as out:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if on_progress:
+                    on_progress(spec.name, done, total)
+        if total is not None and done < total:
+            raise ConnectionError(f"connection closed after {done} of {total} bytes")
+
+
+def _extract(archive: Path, spec: ModelFile, folder: Path) -> None:
+    """Copies the members named in ``spec.extract`` out of a zip (matched by path suffix)."""
+    if not spec.extract:
+        return
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        for wanted in spec.extract:
+            dest = folder / wanted
+            if dest.is_file():
+                continue
+            matches = [n for n in names if n == wanted or n.endswith("/" + wanted)]
+            if not matches:
+                raise ModelFetchError(f"{archive.name} has no member {wanted!r}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".part")
+            with zf.open(min(matches, key=len)) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.replace(tmp, dest)

@@ -1,0 +1,208 @@
+"""Robust temporal smoothing: a kernel-weighted moving geometric median, with splits.
+
+The estimate at frame t is the Weiszfeld (iteratively reweighted) geometric median of the
+points x_s in the kernel window around t, each weighted by kernel tap x prior weight:
+
+    y = M(x, w);  repeat n_iter: w'_s = w_s / (||x_s - r_s|| + eps);  y = M(x, w')
+
+where M is the weighted moving mean, M(x, w)[t] = sum_j k_j w_{t+j-h} x_{t+j-h} / sum_j k_j
+w_{t+j-h} (h = len(k) // 2; frame t+j-h is read by tap j, so a kernel with zeros after the
+centre reads only frames <= t and one with zeros before the centre reads only frames >= t).
+Unlike the reference, the distance of x_s is measured to the leave-one-out estimate r_s (the
+estimate at s from the other frames of the window), so that a frame cannot vote for itself:
+with the reference's distance to y_s an outlier frame that holds most of the centre tap's
+weight keeps its own estimate and is never pulled back.
+
+Frames with zero prior weight are missing: they contribute nothing, and the estimate there is
+whatever the rest of the window supports (see `support`). Segments are filtered independently,
+so nothing is ever smoothed across a split.
+
+All arrays are float32 NumPy with time as the first axis; points are (T, P, 3), weights (T, P).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# Kernels of the reference (B.3), by frame rate.
+ROOT_KERNEL_LOW_FPS = (0.01, 0.05, 0.1, 1, 2, 6, 2, 1, 0.1, 0.05, 0.01)
+ROOT_KERNEL_HIGH_FPS = (
+    0.01, 0.02, 0.05, 0.1, 0.2, 1, 1.3, 2, 3.3, 6, 3.3, 2, 1.3, 1, 0.2, 0.1, 0.05, 0.02, 0.01,
+)  # fmt: skip
+POINT_KERNEL_LOW_FPS = (1, 3, 12, 3, 1)
+POINT_KERNEL_HIGH_FPS = (1, 1.5, 3, 6, 12, 6, 3, 1.5, 1)
+POST_FIT_KERNEL_LOW_FPS = (1, 2, 3, 2, 1)
+POST_FIT_KERNEL_HIGH_FPS = (1, 1.5, 2, 2.5, 3, 2.5, 2, 1.5, 1)
+HIGH_FPS = 40.0
+
+
+def kernels_for_fps(fps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(root depth kernel, point kernel, post-fit root kernel) for a frame rate."""
+    high = fps >= HIGH_FPS
+    return (
+        np.asarray(ROOT_KERNEL_HIGH_FPS if high else ROOT_KERNEL_LOW_FPS, np.float32),
+        np.asarray(POINT_KERNEL_HIGH_FPS if high else POINT_KERNEL_LOW_FPS, np.float32),
+        np.asarray(POST_FIT_KERNEL_HIGH_FPS if high else POST_FIT_KERNEL_LOW_FPS, np.float32),
+    )
+
+
+def half_kernels(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The causal (frames <= t) and anti-causal (frames >= t) halves of an odd kernel, both
+    with the full centre tap and the same length as the kernel (so both stay centred)."""
+    kernel = np.asarray(kernel, np.float32)
+    h = len(kernel) // 2
+    left, right = kernel.copy(), kernel.copy()
+    left[h + 1 :] = 0
+    right[:h] = 0
+    return left, right
+
+
+def moving_sum(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """out[t] = sum_j kernel[j] * a[t + j - h] along axis 0, zero outside [0, T)."""
+    t_len = a.shape[0]
+    h = len(kernel) // 2
+    out = np.zeros_like(a)
+    for j, k in enumerate(kernel):
+        off = j - h
+        if k == 0 or abs(off) >= t_len:
+            continue
+        if off >= 0:
+            out[: t_len - off] += k * a[off:]
+        else:
+            out[-off:] += k * a[: t_len + off]
+    return out
+
+
+def robust_smooth(
+    x: np.ndarray,
+    w: np.ndarray,
+    kernel: np.ndarray,
+    eps: float,
+    n_iter: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Moving geometric median of one segment.
+
+    x: (T, P, 3) points, w: (T, P) prior weights (0 = missing). Returns (y, w_out): the
+    estimates (T, P, 3), NaN where the window holds no data, and the propagated confidence
+    w_out = M(w, w') (T, P), 0 where the window holds no data.
+    """
+    kernel = np.asarray(kernel, np.float32)
+    x = np.where(np.isfinite(x), x, 0).astype(np.float32, copy=False)
+    w = np.where(np.isfinite(w) & (w > 0), w, 0).astype(np.float32, copy=False)
+    centre = kernel[len(kernel) // 2]
+    w_cur = w
+    y = None
+    for it in range(n_iter + 1):
+        wx = w_cur[..., None] * x
+        num = moving_sum(wx, kernel)
+        den = moving_sum(w_cur, kernel)
+        has = den > 0
+        y = num / np.where(has, den, 1)[..., None]
+        if it == n_iter:
+            break
+        # Leave-one-out reference: the estimate at s without frame s's own contribution.
+        loo_den = den - centre * w_cur
+        loo_ok = loo_den > 1e-6 * np.maximum(den, 1e-30)
+        loo = (num - centre * wx) / np.where(loo_ok, loo_den, 1)[..., None]
+        ref = np.where(loo_ok[..., None], loo, y)
+        dist = np.linalg.norm(x - ref, axis=-1)
+        w_cur = w / (dist + eps)
+    w_out = moving_sum(w * w_cur, kernel) / np.where(has, den, 1)
+    y[~has] = np.nan
+    w_out[~has] = 0
+    return y, w_out
+
+
+def smooth_segments(
+    x: np.ndarray,
+    w: np.ndarray,
+    segments: Sequence[tuple[int, int]],
+    kernel: np.ndarray,
+    eps: float,
+    n_iter: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`robust_smooth` applied to each [start, end) segment independently; frames outside
+    every segment come back NaN with weight 0."""
+    y = np.full(x.shape, np.nan, np.float32)
+    w_out = np.zeros(w.shape, np.float32)
+    for start, end in segments:
+        y[start:end], w_out[start:end] = robust_smooth(
+            x[start:end], w[start:end], kernel, eps, n_iter
+        )
+    return y, w_out
+
+
+def two_sided_support(observed: np.ndarray, radius: int) -> np.ndarray:
+    """True where an observed frame lies within `radius` frames on both sides (or the frame
+    itself is observed): the frames a symmetric kernel of that radius can fill without
+    extrapolating."""
+    observed = np.asarray(observed, bool)
+    t_len = len(observed)
+    idx = np.arange(t_len)
+    last_seen = np.where(observed, idx, -1)
+    last_seen = np.maximum.accumulate(last_seen)
+    next_seen = np.where(observed, idx, t_len)
+    next_seen = np.minimum.accumulate(next_seen[::-1])[::-1]
+    both = (last_seen >= 0) & (idx - last_seen <= radius) & (next_seen < t_len)
+    both &= next_seen - idx <= radius
+    return observed | both
+
+
+def detect_splits(
+    centres: np.ndarray,
+    weights: np.ndarray,
+    kernel: np.ndarray,
+    threshold: float,
+    eps: float,
+    n_iter: int,
+    gap_allowance_per_frame: float,
+) -> list[int]:
+    """Frames at which a new segment starts, because the track jumps there.
+
+    centres: (T, 3) one point per frame (e.g. the body centre), weights: (T,) (0 = missing).
+    For every pair of consecutive observed frames i < j the causal robust estimate at i (from
+    frames <= i) is compared with the anti-causal one at j (from frames >= j); the boundary is a
+    split where that distance exceeds `threshold` (+ `gap_allowance_per_frame` for each
+    missing frame between i and j) and is the largest such distance within the kernel's reach.
+    """
+    observed = np.flatnonzero(weights > 0)
+    if len(observed) < 2:
+        return []
+    left, right = half_kernels(kernel)
+    x = centres[:, None, :]
+    w = weights[:, None]
+    est_left = robust_smooth(x, w, left, eps, n_iter)[0][:, 0]
+    est_right = robust_smooth(x, w, right, eps, n_iter)[0][:, 0]
+    i, j = observed[:-1], observed[1:]
+    jump = np.linalg.norm(est_left[i] - est_right[j], axis=-1)
+    limit = threshold + gap_allowance_per_frame * (j - i - 1)
+    reach = len(kernel) // 2
+    starts = []
+    for k in np.flatnonzero(jump > limit):
+        near = np.abs(i - i[k]) <= reach
+        rivals = jump[near]
+        # Largest jump nearby; ties go to the earliest boundary.
+        if jump[k] >= rivals.max() and not any(
+            jump[m] == jump[k] and m < k for m in np.flatnonzero(near)
+        ):
+            starts.append(int(j[k]))
+    return starts
+
+
+def segments_from_splits(
+    observed: np.ndarray, split_starts: Sequence[int], min_frames: int = 1
+) -> list[tuple[int, int]]:
+    """[start, end) frame ranges between splits, each from its first to its last observed
+    frame; segments with fewer than `min_frames` observed frames are dropped."""
+    obs = np.flatnonzero(observed)
+    if len(obs) == 0:
+        return []
+    bounds = sorted(set(int(s) for s in split_starts) | {int(obs[0])})
+    segments = []
+    for a, b in zip(bounds, [*bounds[1:], int(obs[-1]) + 1], strict=True):
+        inside = obs[(obs >= a) & (obs < b)]
+        if len(inside) >= min_frames:
+            segments.append((int(inside[0]), int(inside[-1]) + 1))
+    return segments

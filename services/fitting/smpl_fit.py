@@ -1,0 +1,188 @@
+"""SMPL fitting with smplfitter (torch backend on the CPU): shared shape per track segment,
+per-frame pose, translation and (in the preliminary pass) scale.
+
+smplfitter's shared-shape solve costs far more than the per-frame one (it materializes the
+stacked design matrix of every frame), so the shape is solved on an evenly spaced subsample of a
+segment's frames and the poses of all frames are then fitted with that shape known. The shape
+prior is applied once per segment (smplfitter adds its regularizer once per frame of a shared
+solve; we divide it by the number of frames solved), so a long clean segment is not pulled
+toward the mean shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+NUM_JOINTS = 24
+NUM_BETAS = 10
+BODY_MODEL_FILES = {
+    "smpl": ("basicmodel_{gender}_lbs_10_207_0_v1.1.0.pkl", "kid_template.npy"),
+}
+GENDER_TOKENS = {"smpl": {"neutral": "neutral", "female": "f", "male": "m"}}
+FOOT_JOINTS = (10, 11)
+
+
+def body_model_files(model_root: Path, body_model: str, gender: str) -> list[Path]:
+    """The files smplfitter reads for a body model (under `<body_models>/<model>/`)."""
+    token = GENDER_TOKENS[body_model][gender]
+    return [model_root / name.format(gender=token) for name in BODY_MODEL_FILES[body_model]]
+
+
+def farthest_point_subset(points: np.ndarray, count: int) -> np.ndarray:
+    """Sorted indices of `count` points spread evenly over the point cloud (farthest-point
+    sampling from point 0; deterministic)."""
+    chosen = [0]
+    dist = np.linalg.norm(points - points[0], axis=1)
+    for _ in range(count - 1):
+        i = int(dist.argmax())
+        chosen.append(i)
+        dist = np.minimum(dist, np.linalg.norm(points - points[i], axis=1))
+    return np.array(sorted(chosen), np.int64)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    num_iter: int = 3
+    beta_regularizer: float = 10.0  # per segment, on betas 2..9
+    beta_regularizer2: float = 0.2  # per segment, on betas 0..1 (final fit: 0)
+    scale_regularizer: float = 1.0  # per frame, on the preliminary scale
+    shape_frames: int = 64  # frames of the subsample the shared shape is solved on
+
+
+class SmplFitter:
+    """Body model + fitters for the vertex subset the stage works with.
+
+    Points handed to the fit methods are (n, V_sub + 24, 3) in metres: the subset vertices
+    (`vertex_subset`, indices into the full mesh) followed by the 24 joints.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        gender: str = "neutral",
+        subset_size: int = 1024,
+        prelim_subset_size: int = 256,
+        body_model: str = "smpl",
+    ):
+        from smplfitter.pt import BodyFitter, BodyModel
+
+        torch.set_grad_enabled(False)
+        self.model_dir = Path(model_dir)
+        self.body_model = BodyModel(body_model, gender, model_root=str(self.model_dir))
+        subset_file = self.model_dir / f"vertex_subset_{subset_size}.npz"
+        if subset_file.exists():
+            with np.load(subset_file, allow_pickle=False) as data:
+                self.vertex_subset = np.sort(data["i_verts"].astype(np.int64))
+        else:
+            template = self.body_model.v_template.numpy()
+            self.vertex_subset = farthest_point_subset(template, subset_size)
+        sub_template = self.body_model.v_template.numpy()[self.vertex_subset]
+        self.prelim_subset = farthest_point_subset(sub_template, prelim_subset_size)
+        kwargs = dict(model_root=str(self.model_dir), num_betas=NUM_BETAS)
+        sub_model = BodyModel(body_model, gender, vertex_subset=self.vertex_subset, **kwargs)
+        prelim_model = BodyModel(
+            body_model, gender, vertex_subset=self.vertex_subset[self.prelim_subset], **kwargs
+        )
+        self.fitter = BodyFitter(sub_model)
+        self.prelim_fitter = BodyFitter(prelim_model)
+        self.prelim_model = prelim_model
+        n_sub = len(self.vertex_subset)
+        # The reference's regularizer scaling for fits on a subset of the 6890+24 points.
+        self.reg_factor = (n_sub + NUM_JOINTS) / (self.body_model.num_vertices + NUM_JOINTS)
+
+    @property
+    def num_points(self) -> int:
+        return len(self.vertex_subset) + NUM_JOINTS
+
+    def _split(self, points, weights, prelim: bool):
+        verts, joints = points[:, :-NUM_JOINTS], points[:, -NUM_JOINTS:]
+        vw, jw = weights[:, :-NUM_JOINTS], weights[:, -NUM_JOINTS:]
+        if prelim:
+            verts, vw = verts[:, self.prelim_subset], vw[:, self.prelim_subset]
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
+        return as_t(verts), as_t(joints), as_t(vw), as_t(jw)
+
+    def estimate_shape(
+        self,
+        points: np.ndarray,
+        weights: np.ndarray,
+        settings: FitSettings,
+        with_scale: bool,
+    ) -> np.ndarray:
+        """Shared betas (10,) of one segment from an evenly spaced subsample of its frames."""
+        n = len(points)
+        pick = np.unique(np.linspace(0, n - 1, min(n, settings.shape_frames)).round().astype(int))
+        verts, joints, vw, jw = self._split(points[pick], weights[pick], prelim=with_scale)
+        fitter = self.prelim_fitter if with_scale else self.fitter
+        per_frame = self.reg_factor / len(pick)
+        result = fitter.fit(
+            verts,
+            joints,
+            vw,
+            jw,
+            num_iter=settings.num_iter,
+            beta_regularizer=settings.beta_regularizer * per_frame,
+            beta_regularizer2=(settings.beta_regularizer2 if with_scale else 0.0) * per_frame,
+            scale_regularizer=settings.scale_regularizer * self.reg_factor,
+            share_beta=True,
+            final_adjust_rots=False,
+            scale_target=with_scale,
+            requested_keys=["shape_betas"],
+        )
+        return result["shape_betas"][0].numpy().astype(np.float64)
+
+    def frame_scales(self, points: np.ndarray, weights: np.ndarray, betas: np.ndarray):
+        """Per-frame factor by which each frame's points must be scaled (about their centroid)
+        to match the body of shape `betas` in the pose fitted to them, (n,)."""
+        verts, joints, vw, jw = self._split(points, weights, prelim=True)
+        shape = torch.as_tensor(np.tile(betas, (len(points), 1)), dtype=torch.float32)
+        fit = self.prelim_fitter.fit_with_known_shape(
+            shape, verts, joints, vw, jw, num_iter=1, final_adjust_rots=False,
+            requested_keys=["pose_rotvecs"],
+        )  # fmt: skip
+        body = self.prelim_model(fit["pose_rotvecs"], shape)
+        target = torch.cat([verts, joints], 1).numpy()
+        model = torch.cat([body["vertices"], body["joints"]], 1).numpy()
+        w = torch.cat([vw, jw], 1).numpy()
+        wsum = np.maximum(w.sum(1, keepdims=True), 1e-12)
+        tc = target - (w[..., None] * target).sum(1, keepdims=True) / wsum[..., None]
+        mc = model - (w[..., None] * model).sum(1, keepdims=True) / wsum[..., None]
+        num = (w * (tc * mc).sum(-1)).sum(1)
+        den = (w * (tc * tc).sum(-1)).sum(1)
+        return num / np.maximum(den, 1e-12)
+
+    def fit_poses(
+        self,
+        points: np.ndarray,
+        weights: np.ndarray,
+        betas: np.ndarray,
+        settings: FitSettings,
+        chunk: int = 512,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pose rotation vectors (n, 72) and translations (n, 3) with the shape known."""
+        poses, trans = [], []
+        for start in range(0, len(points), chunk):
+            sl = slice(start, start + chunk)
+            verts, joints, vw, jw = self._split(points[sl], weights[sl], prelim=False)
+            shape = torch.as_tensor(np.tile(betas, (len(verts), 1)), dtype=torch.float32)
+            fit = self.fitter.fit_with_known_shape(
+                shape, verts, joints, vw, jw, num_iter=settings.num_iter,
+                final_adjust_rots=True, requested_keys=["pose_rotvecs"],
+            )  # fmt: skip
+            poses.append(fit["pose_rotvecs"].numpy())
+            trans.append(fit["trans"].numpy())
+        return np.concatenate(poses), np.concatenate(trans)
+
+    def joints(self, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray) -> np.ndarray:
+        """SMPL joints (n, 24, 3) in metres."""
+        out = self.body_model(
+            torch.as_tensor(pose, dtype=torch.float32),
+            torch.as_tensor(np.broadcast_to(betas, (len(pose), NUM_BETAS)), dtype=torch.float32),
+            torch.as_tensor(trans, dtype=torch.float32),
+            return_vertices=False,
+        )
+        return out["joints"].numpy()

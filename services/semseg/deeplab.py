@@ -1,0 +1,40 @@
+"""DeepLabV3 ResNet-101 (torchvision, COCO with VOC labels): person probability per pixel."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.models.segmentation import deeplabv3_resnet101
+
+VOC_PERSON = 15
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_deeplabv3() -> torch.nn.Module:
+    """The architecture of torchvision's COCO_WITH_VOC_LABELS_V1 weights, without weights."""
+    return deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+
+
+class DeepLabPersonSegmenter:
+    """A `PersonSegmenter`: softmax probability of the VOC person class."""
+
+    def __init__(self, model: torch.nn.Module, device: str):
+        self.model = model.eval().to(device)
+        self.device = device
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+        self._std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+
+    @classmethod
+    def load(cls, weights: Path, device: str) -> "DeepLabPersonSegmenter":
+        """Loads a state dict file (weights only, no pickled code)."""
+        model = build_deeplabv3()
+        model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+        return cls(model, device)
+
+    @torch.inference_mode()
+    def person_probability(self, frames: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float() / 255
+        batch = (batch - self._mean) / self._std
+        logits = self.model(batch)["out"]
+        return logits.softmax(1)[:, VOC_PERSON].float().cpu().numpy()

@@ -1,0 +1,78 @@
+"""The semseg gRPC servicer: validates, translates messages and calls `compute_semseg`."""
+
+from functools import partial
+
+import grpc
+
+from nlfpipe.semseg.v1 import semseg_pb2, semseg_pb2_grpc
+from services.common.server import StageService, artifact_to_proto, stream_stage, summary_to_proto
+from services.common.settings import Settings
+from services.common.stagerun import StageResult, run_stage
+from services.common.store import ArtifactStore
+from services.semseg.backends import backend_name, load_segmenter
+from services.semseg.pipeline import STAGE, VERSION, PersonSegmenter, SemsegParams, compute_semseg
+
+
+def params_from_request(request: semseg_pb2.RunRequest) -> SemsegParams:
+    """The run parameters of a request (zero fields take their defaults)."""
+    return SemsegParams(
+        threshold=request.threshold or 0.2,
+        batch_size=request.batch_size or 8,
+        short_side=request.short_side or 520,
+    )
+
+
+def result_to_proto(result: StageResult) -> semseg_pb2.RunResult:
+    """The RunResult message of a (computed or cached) semseg run."""
+    return semseg_pb2.RunResult(
+        masks=artifact_to_proto(result.outputs["masks"]),
+        frames_with_persons=int(result.counts["frames_with_persons"]),
+        mean_person_fraction=result.extra["mean_person_fraction"],
+        summary=summary_to_proto(result),
+    )
+
+
+class SemsegServicer(semseg_pb2_grpc.SemsegServiceServicer):
+    """nlfpipe.semseg.v1.SemsegService."""
+
+    def __init__(self, store: ArtifactStore, backend_name: str):
+        self.store = store
+        self.backend_name = backend_name
+        self.segmenter: PersonSegmenter | None = None
+
+    def Run(self, request: semseg_pb2.RunRequest, context: grpc.ServicerContext):  # noqa: N802
+        params = params_from_request(request)
+        segmenter = self.segmenter  # set by load(); the server refuses calls until then
+
+        def work(on_progress, cancel):
+            result = run_stage(
+                self.store,
+                stage=STAGE,
+                version=VERSION,
+                inputs={"video": request.video},
+                params={**params.to_dict(), "backend": self.backend_name},
+                compute=partial(
+                    compute_semseg, params=params, segmenter=segmenter, backend=self.backend_name
+                ),
+                force=request.force,
+                on_progress=on_progress,
+                cancel=cancel,
+            )
+            return result_to_proto(result)
+
+        yield from stream_stage(context, semseg_pb2.RunResponse, work)
+
+
+def build(settings: Settings, store: ArtifactStore) -> StageService:
+    """The semseg service; `load` reads DeepLabV3 from the model cache."""
+    servicer = SemsegServicer(store, backend_name())
+
+    def load() -> None:
+        servicer.segmenter = load_segmenter(settings, servicer.backend_name)
+
+    return StageService(
+        stage=STAGE,
+        servicer=servicer,
+        add_to_server=semseg_pb2_grpc.add_SemsegServiceServicer_to_server,
+        load=load,
+    )

@@ -1,0 +1,1 @@
+"""Tracking stage: person video object segmentation (Mask R-CNN init + STCN propagation)."""

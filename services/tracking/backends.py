@@ -1,0 +1,56 @@
+"""Which detector and propagator the tracking service runs: the learned models (default) or
+the non-learned synthetic test backend (NLFPIPE_TRACKING_BACKEND=synthetic)."""
+
+import os
+from collections.abc import Mapping
+
+from services.common.models import require_model
+from services.common.settings import Settings, SettingsError, resolve_device
+from services.tracking.detection import MaskRCNNDetector
+from services.tracking.pipeline import TrackingBackend
+from services.tracking.stcn import STCNPropagator
+from services.tracking.stcn_network import load_stcn
+from services.tracking.synthetic import SyntheticPersonDetector, SyntheticPropagator
+
+BACKEND_ENV = "NLFPIPE_TRACKING_BACKEND"
+BACKENDS = ("stcn", "synthetic")
+
+
+def backend_setting(
+    variable: str, choices: tuple[str, ...], environ: Mapping[str, str] | None = None
+) -> str:
+    """The backend named by an environment variable (default: the first choice); a
+    SettingsError names the variable and the valid values."""
+    env = os.environ if environ is None else environ
+    name = env.get(variable, "").strip().lower() or choices[0]
+    if name not in choices:
+        raise SettingsError(
+            f"{variable}={name!r} is not valid; expected one of: {', '.join(choices)}"
+        )
+    return name
+
+
+def backend_name(environ: Mapping[str, str] | None = None) -> str:
+    """The configured tracking backend."""
+    return backend_setting(BACKEND_ENV, BACKENDS, environ)
+
+
+def synthetic_backend() -> TrackingBackend:
+    """Threshold + connected components detection, overlap association propagation."""
+    return TrackingBackend("synthetic", SyntheticPersonDetector(), lambda p: SyntheticPropagator())
+
+
+def load_backend(settings: Settings, name: str) -> TrackingBackend:
+    """Loads the backend's models from the model cache (ModelNotReady when missing)."""
+    if name == "synthetic":
+        return synthetic_backend()
+    maskrcnn_path = require_model("maskrcnn", settings)
+    stcn_path = require_model("stcn", settings)
+    device = resolve_device(settings)
+    detector = MaskRCNNDetector.load(maskrcnn_path, device)
+    network = load_stcn(stcn_path, device)
+    return TrackingBackend(
+        "stcn",
+        detector,
+        lambda p: STCNPropagator(network, device, p.mem_size, p.temp_mem_size, p.top_k, p.seed),
+    )

@@ -1,0 +1,114 @@
+"""The local stack: services as processes, reuse, restart after a crash, clean stop; the CLI."""
+
+import argparse
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from orchestrator import cli
+from orchestrator.params import ParameterError, validate_params
+from orchestrator.stack import (
+    LocalStack,
+    ModelsMissing,
+    _model_not_ready_reason,
+    running_services,
+    stack_status,
+    stop_recorded,
+)
+from services.common.client import health_status
+
+
+@pytest.fixture
+def local_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLFPIPE_STORE", "local")
+    monkeypatch.setenv("NLFPIPE_STORE_ROOT", str(tmp_path / "store"))
+    return tmp_path
+
+
+def _wait_for(predicate, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_stack_restarts_a_killed_service_on_its_port_and_stops_cleanly(local_env):
+    with LocalStack(["ingest"], state_dir=local_env / "state") as stack:
+        service = stack.services["ingest"]
+        assert health_status(service.address) == "SERVING"
+        os.kill(service.pid, signal.SIGKILL)
+        assert _wait_for(lambda: stack.services["ingest"].restarts == 1)
+        assert _wait_for(lambda: health_status(service.address) == "SERVING")
+        assert stack.services["ingest"].address == service.address
+        restarted = stack.services["ingest"].popen
+    assert restarted.poll() == 0, "SIGTERM must stop the service with exit code 0"
+    assert health_status(service.address, timeout_s=1.0) == "UNREACHABLE"
+
+
+def test_stack_up_state_is_reused_and_stopped_by_down(local_env):
+    state_dir = local_env / "state"
+    stack = LocalStack(["ingest"], state_dir=state_dir, detach=True)
+    stack.start()
+    stack.write_state()
+    try:
+        found = running_services(state_dir)
+        assert list(found) == ["ingest"]
+        assert [r["status"] for r in stack_status(state_dir)] == ["SERVING"]
+        with LocalStack(["ingest"], state_dir=state_dir) as reuse:
+            assert reuse.services["ingest"].owned is False
+            assert reuse.addresses() == stack.addresses()
+        assert health_status(stack.addresses()["ingest"]) == "SERVING", "reused, not stopped"
+    finally:
+        assert stop_recorded(state_dir) == ["ingest"]
+    assert stack.services["ingest"].popen.wait(10) == 0
+    assert running_services(state_dir) == {}
+
+
+def test_model_not_ready_reason_is_read_from_the_json_log(tmp_path):
+    log = tmp_path / "pose.log"
+    reason = "model 'nlf-l' is not ready: missing /cache/nlf-l/x.torchscript. Run `nlfpipe ...`"
+    log.write_text(
+        json.dumps({"event": "listening", "port": 1}) + "\n"
+        + json.dumps({"event": "model not ready", "reason": reason}) + "\n"
+    )
+    assert _model_not_ready_reason(str(log)) == reason
+    message = str(ModelsMissing({"pose": reason}))
+    assert "pose: model 'nlf-l' is not ready" in message
+    assert "nlfpipe models fetch" in message and "--test-models" in message
+
+
+def _run_args(**overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["run", overrides["video"], *overrides.get("argv", [])])
+
+
+def test_cli_arguments_become_flow_parameters(tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"x")
+    args = _run_args(
+        video=str(video),
+        argv=["--subjects", "2,0", "--fov", "60", "--num-aug", "1", "--time-range", "0:01-0:03"],
+    )
+    params = validate_params(cli.params_from_args(args))
+    assert params.subjects.indices == [2, 0]
+    assert params.fov_deg == 60 and params.nlf.num_aug == 1
+    assert params.time_window == (1.0, 3.0)
+    points = cli.params_from_args(_run_args(video=str(video), argv=["--subject-point", "10,20"]))
+    assert points["subjects"]["points"] == [{"x": 10.0, "y": 20.0}]
+    with pytest.raises(ParameterError, match="subjects: 'a,b'"):
+        cli.params_from_args(_run_args(video=str(video), argv=["--subjects", "a,b"]))
+
+
+def test_cli_refuses_a_bad_parameter_before_starting_anything(tmp_path, capsys):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"x")
+    args = _run_args(video=str(video), argv=["--moving-camera", "--state-dir", str(tmp_path / "s")])
+    assert cli._run(args) == 2
+    assert "static_camera" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists(), "nothing may start for an invalid run"

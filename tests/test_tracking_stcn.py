@@ -1,0 +1,122 @@
+"""The learned tracking models with random weights (real architectures, nothing downloaded):
+checkpoint compatibility, loading, and STCN propagation over a small generated video."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.formats.masks import read_track_masks
+from services.common.stagerun import StageRun
+from services.tracking.detection import MaskRCNNDetector, build_maskrcnn, person_candidates
+from services.tracking.pipeline import TrackingBackend, TrackingParams, compute_tracking
+from services.tracking.stcn import STCNPropagator
+from services.tracking.stcn_network import STCN, load_stcn
+from services.tracking.synthetic import SyntheticPersonDetector
+from tests.support.videos import make_test_video
+
+REFERENCE_SHAPES = Path(__file__).parent / "data" / "stcn_state_dict_shapes.txt"
+
+
+def reference_state_dict() -> dict[str, torch.Tensor]:
+    """A state dict with the key names and shapes of hkchengrex/STCN's `stcn.pth` (derived from
+    the STCN model definition of stcnbuf 0.2.2), filled with random numbers."""
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for line in REFERENCE_SHAPES.read_text().splitlines():
+        name, shape = line.split()
+        if shape == "scalar":
+            state[name] = torch.tensor(0)
+        else:
+            state[name] = torch.randn(*map(int, shape.split("x")), generator=generator)
+    return state
+
+
+@pytest.fixture(scope="module")
+def stcn_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "stcn.pth"
+    state = reference_state_dict()
+    for name in [k for k in state if k.endswith("running_var")]:
+        state[name] = state[name].abs() + 0.5
+    torch.save(state, path)
+    return path
+
+
+def test_checkpoint_layout_loads_strictly(stcn_file):
+    reference = reference_state_dict()
+    assert len(reference) == 405
+    model = STCN()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in reference.items()
+    }
+    loaded = load_stcn(stcn_file, "cpu")
+    name = "value_encoder.fuser.attention.ChannelGate.mlp.1.weight"
+    torch.testing.assert_close(loaded.state_dict()[name], torch.load(stcn_file)[name])
+
+
+def test_single_object_checkpoint_gets_a_zero_other_objects_channel(tmp_path):
+    state = reference_state_dict()
+    for name in [k for k in state if k.endswith("running_var")]:
+        state[name] = state[name].abs() + 0.5
+    four = state["value_encoder.conv1.weight"][:, :4].clone()
+    state["value_encoder.conv1.weight"] = four
+    torch.save(state, tmp_path / "so.pth")
+    weight = load_stcn(tmp_path / "so.pth", "cpu").state_dict()["value_encoder.conv1.weight"]
+    assert weight.shape == (64, 5, 7, 7)
+    torch.testing.assert_close(weight[:, :4], four)
+    assert not weight[:, 4].any()
+
+
+def test_mask_rcnn_loads_from_a_state_dict_and_reports_sorted_persons(tmp_path):
+    torch.manual_seed(0)
+    model = build_maskrcnn()
+    torch.save(model.state_dict(), tmp_path / "maskrcnn.pth")
+    detector = MaskRCNNDetector.load(tmp_path / "maskrcnn.pth", "cpu", score_threshold=0.0)
+    detector.model.transform.min_size, detector.model.transform.max_size = (96,), 160
+    detector.model.roi_heads.score_thresh = 0.0  # random weights: every class about 1/91
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)
+    soft, scores = detector.detect(image)
+    assert soft.shape == (len(scores), 64, 96) and len(scores) > 0
+    assert np.all(np.diff(scores) <= 0) and soft.min() >= 0 and soft.max() <= 1
+    found = person_candidates(image, detector)
+    assert [c.index for c in found] == list(range(len(found)))
+    assert all(c.mask.shape == (64, 96) for c in found)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "figures.mp4"
+    make_test_video(path, seconds=1.2, width=96, height=64, fps=10, figures=2)
+    return path
+
+
+def test_stcn_propagates_over_every_frame_with_bounded_memory(video, stcn_file, tmp_path):
+    torch.manual_seed(0)
+    network = load_stcn(stcn_file, "cpu")
+    propagators = []
+
+    def make_propagator(params):
+        propagators.append(
+            STCNPropagator(network, "cpu", params.mem_size, params.temp_mem_size, params.top_k)
+        )
+        return propagators[-1]
+
+    backend = TrackingBackend("stcn", SyntheticPersonDetector(), make_propagator)
+    run = StageRun(tmp_path, {"video": video}, {}, None, None)
+    params = TrackingParams(short_side=48, mem_size=4, temp_mem_size=2, top_k=5, passes=2)
+    outputs = compute_tracking(run, params, backend)
+
+    masks = read_track_masks(outputs.files["masks"].path)
+    assert (masks.num_frames, masks.height, masks.width) == (12, 48, 72)
+    assert outputs.counts == {"candidates": 2, "frames": 12, "tracks": 2}
+    memory = propagators[0].memory
+    pixels = 3 * 5  # 48 x 72 padded to 48 x 80, at stride 16
+    assert (memory.capacity, memory.frames, memory.temp_frames) == (4, 4, 2)
+    assert memory.nbytes() == (4 + 2) * pixels * (64 + 2 * 512) * 4
+    # Random weights give arbitrary masks; they are exclusive and at the stated resolution.
+    for i in range(masks.num_frames):
+        frame = masks.frame(i)
+        assert all(m.shape == (48, 72) for m in frame.values())
+        if len(frame) == 2 and not outputs.extra.get("morph_cleanup"):
+            assert frame[0].shape == frame[1].shape
