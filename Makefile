@@ -11,13 +11,13 @@ RUN_ARGS ?=
 
 setup: $(STAMP) $(BUF)
 
-$(STAMP): pyproject.toml scripts/gen_protos.py $(shell find protos -name '*.proto')
+$(STAMP): pyproject.toml scripts/gen_protos.py scripts/link_source.py $(shell find protos -name '*.proto')
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	mkdir -p gen/nlfpipe && touch gen/nlfpipe/__init__.py
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) scripts/gen_protos.py
-	$(PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'nlfpipe_gen.pth').write_text(str(pathlib.Path('gen').resolve()) + '\\n')"
+	$(PY) scripts/link_source.py
 	touch $(STAMP)
 
 $(BUF): package.json

@@ -49,8 +49,8 @@ def make_inputs(folder: Path, seconds: float) -> tuple[Path, Path]:
 
 
 def warm_up(model, batch_size: int) -> None:
-    """TorchScript's profiling executor re-optimizes during the first ~10 calls (about 1 s each
-    here); a service pays that once per process, so it is kept out of the measurement."""
+    """TorchScript's profiling executor re-optimizes during the first calls; a service pays
+    that once per process, so it is kept out of the measurement."""
     from services.pose.nlf import BatchCameras, InferenceOptions
 
     k = np.array([[1000.0, 0, WIDTH / 2], [0, 1000.0, HEIGHT / 2], [0, 0, 1]])
@@ -63,10 +63,15 @@ def warm_up(model, batch_size: int) -> None:
 
 
 def run_child(video: Path, masks: Path, batch_size: int) -> dict:
+    import torch
+
     from services.pose.inference import PoseJob, estimate_video
     from services.pose.nlf import NlfModel
     from services.pose.test_model import canonical_points, make_fake_nlf
 
+    # One intra-op thread: the stand-in has no work worth splitting, and two spinning torch
+    # threads beside the decode and compression threads stall each other on 2 cores.
+    torch.set_num_threads(1)
     verts, joints = canonical_points()
     model = NlfModel(make_fake_nlf(), np.concatenate([verts, joints]), len(verts), "cpu")
     warm_up(model, batch_size)

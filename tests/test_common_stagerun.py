@@ -165,3 +165,17 @@ def test_progress_is_rate_limited_but_final_event_arrives(local_store) -> None:
     )
     assert len(events) < 100
     assert any(e.done == 10000 and e.total == 10000 for e in events)
+
+
+def test_input_without_stored_digest_is_hashed(s3_store, tmp_path: Path) -> None:
+    src = tmp_path / "t.txt"
+    src.write_bytes(b"abc")
+    s3_store.client.fput_object(s3_store.bucket, "foreign/t.txt", str(src))
+    ref = s3_store.stat("foreign/t.txt")
+    assert ref.sha256 == ""
+    result = run_stage(s3_store, stage="upper", version="1", inputs={"text": ref},
+                       params={"repeat": 1}, compute=_upper)
+    manifest = json.loads(s3_store.get_bytes(result.manifest.key))
+    assert manifest["inputs"]["text"]["sha256"] == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )

@@ -30,12 +30,11 @@ def write_indexed_video(
     rotation: int = 0,
     audio: bool = False,
     codec: str = "libx264",
-    pix_fmt: str = "yuv420p",
 ) -> Path:
     """A video whose frame i shows i in binary (10 big blocks), with B-frames and 1 s GOPs."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = _W, _H, pix_fmt
+        stream.width, stream.height, stream.pix_fmt = _W, _H, "yuv420p"
         stream.codec_context.gop_size = int(fps)
         if codec == "libx264":
             stream.options = {"crf": "12", "preset": "faster", "bf": "2"}
@@ -429,6 +428,15 @@ def test_ingest_publishes_and_then_hits_the_cache(indexed, local_store):
     assert read_indices(stored) == list(range(30, 60))
 
 
+def test_probe_output_records_the_applied_rotation(tmp_path, local_store):
+    src = write_indexed_video(tmp_path / "rot.mp4", 30, rotation=270)
+    result = run_ingest(local_store, make_request(str(src), "", 0, False))
+    assert (result.probe.width, result.probe.height, result.probe.rotation_deg) == (_H, _W, 270)
+    assert result.reencoded and result.source_probe.rotation_deg == 270
+    stored = local_store.local_path(result.stage.outputs["video"].key)
+    assert read_indices(stored, quarter_turns=1) == list(range(30))
+
+
 def test_store_source_is_an_input_of_the_cache_key(indexed, store):
     key = "uploads/indexed.mp4"
     store.put_file(key, indexed, "video/mp4")
@@ -436,3 +444,13 @@ def test_store_source_is_an_input_of_the_cache_key(indexed, store):
     assert not result.reencoded and result.probe.frame_count == 150
     manifest = store.get_bytes(result.stage.manifest.key).decode()
     assert store.uri(key) in manifest
+
+
+@pytest.mark.parametrize(("given", "used"), [(0, 1080), (720, 720)])
+def test_max_height_defaults_to_1080(given, used):
+    assert make_request("x.mp4", "", given, False).max_height == used
+
+
+def test_tiny_max_height_is_invalid():
+    with pytest.raises(InvalidInput, match="max_height 8"):
+        make_request("x.mp4", "", 8, False)

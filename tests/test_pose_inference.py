@@ -70,8 +70,10 @@ def model():
     return NlfModel(make_fake_nlf(), np.concatenate([verts, joints]), V, "cpu")
 
 
-def _expected_points(box, k, rotation=np.eye(3), center=np.zeros(3)):
+def _expected_points(box, k, rotation=None, center=None):
     """The stand-in's known output for a box (x, y, w, h) and a camera, in world mm."""
+    rotation = np.eye(3) if rotation is None else rotation
+    center = np.zeros(3) if center is None else center
     verts, joints = canonical_points(V, J)
     template = np.concatenate([verts, joints]).astype(np.float64) * 1000
     depth = k[1, 1] * BODY_HEIGHT_MM / box[3]
@@ -125,7 +127,8 @@ def test_tracks_boxes_static_camera_and_batching(tmp_path, video, masks, model):
 
 
 def test_moving_camera_gives_world_coordinates(tmp_path, video, masks, model):
-    rotations = Rotation.from_euler("y", np.linspace(0, 30, FRAMES)[:, None], degrees=True).as_matrix()
+    angles = np.linspace(0, 30, FRAMES)[:, None]
+    rotations = Rotation.from_euler("y", angles, degrees=True).as_matrix()
     centers = np.stack([np.linspace(0, 2000, FRAMES), np.full(FRAMES, -100.0),
                         np.linspace(0, 500, FRAMES)], axis=1)
     k_cam = np.array([[500.0, 0, 319.5], [0, 510.0, 239.5], [0, 0, 1]])  # for 640x480

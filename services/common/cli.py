@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name != name:
+            if e.name is None or not name.startswith(e.name):
                 raise
             continue
         module.register(sub)

@@ -14,12 +14,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from services.common.errors import Cancelled, PreconditionFailed
-from services.common.store import ArtifactInfo, ArtifactStore
+from services.common.store import ArtifactInfo, ArtifactStore, sha256_file
 
 MANIFEST_FORMAT = "nlfpipe.manifest/1"
 _VERSIONED_PACKAGES = (
@@ -176,6 +176,8 @@ def _resolve_inputs(
     resolved = {}
     for name, ref in inputs.items():
         info = store.require(store.key_from_uri(ref.uri))
+        if not info.sha256:
+            info = replace(info, sha256=_hash_stored(store, info.key))
         if ref.sha256 and info.sha256 and ref.sha256 != info.sha256:
             raise PreconditionFailed(
                 f"input {name!r} ({ref.uri}) has sha256 {info.sha256[:12]}..., "
@@ -184,6 +186,12 @@ def _resolve_inputs(
             )
         resolved[name] = info
     return resolved
+
+
+def _hash_stored(store: ArtifactStore, key: str) -> str:
+    """The sha256 of an object stored without one (e.g. uploaded by another S3 client)."""
+    with tempfile.TemporaryDirectory(prefix="nlfpipe-hash-") as tmp:
+        return sha256_file(store.get_file(key, Path(tmp, "object")))
 
 
 def _fetch_inputs(

@@ -17,7 +17,7 @@ from services.common.errors import InvalidInput
 from services.ingest.probe import VideoProbe
 from services.ingest.timerange import TimeRange
 
-X264_PRESET = "veryfast"
+X264_PRESET = "superfast"
 X264_CRF = 17
 KEYFRAME_INTERVAL_S = 2.0
 AUDIO_BITRATE = "160k"

@@ -7,7 +7,7 @@ or downloaded file), the time range (canonical seconds) and max_height.
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -60,8 +60,6 @@ def make_request(source: str, time_range: str, max_height: int, force: bool) -> 
         max_height = DEFAULT_MAX_HEIGHT
     if max_height < MIN_MAX_HEIGHT:
         raise InvalidInput(f"max_height {max_height} is too small: give at least {MIN_MAX_HEIGHT}")
-    if not source.strip():
-        raise InvalidInput("source is empty: give a local path, store URI, URL or YouTube id")
     return IngestRequest(source.strip(), parse_time_range(time_range), max_height, force)
 
 
@@ -86,8 +84,10 @@ def compute_ingest(
     with run.step("encode" if plan.reencode else "copy"):
         normalize_video(source, video, source_probe, plan, run.progress, name)
     with run.step("probe_output"):
-        probe = probe_video(video, "the normalized video").info
-    _check_output(probe, source_probe, plan)
+        upright = probe_video(video, "the normalized video").info
+    _check_output(upright, source_probe, plan)
+    # The frames are upright; the probe records the rotation that was applied (docs/formats.md).
+    probe = replace(upright, rotation_deg=source_probe.info.rotation_deg)
     probe_path = run.workdir / "probe.json"
     probe.save(probe_path)
     return StageOutputs(

@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -277,9 +278,10 @@ def estimate_video(
     }
     seen_tracks: set[int] = set()
     with PredictionsWriter(job.output, num_frames=expected, num_vertices=model.num_vertices,
-                           num_joints=model.num_joints, metadata=metadata) as writer:
+                           num_joints=model.num_joints, metadata=metadata) as writer, closing(
+        decode_frames(job.video, prefetch=2 * job.batch_size)
+    ) as frames:
         pending: list[_Pending] = []
-        frames = decode_frames(job.video, prefetch=2 * job.batch_size)
         index = 0
         while True:
             started = time.perf_counter()

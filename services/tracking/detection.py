@@ -38,9 +38,10 @@ def person_candidates(image: np.ndarray, detector: PersonDetector) -> list[Candi
     return candidates
 
 
-def build_maskrcnn() -> torch.nn.Module:
-    """torchvision's Mask R-CNN ResNet-50 FPN for the 91 COCO classes, without weights."""
-    return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+def build_maskrcnn(**options) -> torch.nn.Module:
+    """torchvision's Mask R-CNN ResNet-50 FPN for the 91 COCO classes, without weights;
+    `options` go to torchvision (e.g. min_size, rpn_post_nms_top_n_test)."""
+    return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, **options)
 
 
 class MaskRCNNDetector:
@@ -52,9 +53,11 @@ class MaskRCNNDetector:
         self.score_threshold = score_threshold
 
     @classmethod
-    def load(cls, weights: Path, device: str, score_threshold: float = 0.5) -> "MaskRCNNDetector":
+    def load(
+        cls, weights: Path, device: str, score_threshold: float = 0.5, **options
+    ) -> "MaskRCNNDetector":
         """Loads a state dict file (weights only, no pickled code)."""
-        model = build_maskrcnn()
+        model = build_maskrcnn(**options)
         model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
         return cls(model, device, score_threshold)
 

@@ -1,0 +1,294 @@
+"""End to end, the real thing: stage services as processes over gRPC, moto's S3 server as the
+store, the real Prefect engine and server, small generated test models, a generated video with
+moving figures.
+
+One Prefect test harness (a real Prefect server process) serves the whole module; the flow
+runs in this process for the engine tests and in a process worker for the deployment tests.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from orchestrator import progress
+from orchestrator.flow import process_video
+from orchestrator.params import ParameterError, VideoParams
+from orchestrator.stack import LocalStack
+from orchestrator.testmodels import install_test_models
+from services.common.formats.masks import read_track_masks
+from services.common.formats.predictions import PredictionsReader
+from services.common.store import S3Store
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, s3_env
+from tests.support.videos import make_test_video
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["ingest", "tracking", "pose"]
+FRAMES, FIGURES = 60, 2
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=180):
+        from prefect.settings import PREFECT_API_URL
+
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def e2e(s3_endpoint, prefect_server, tmp_path_factory):
+    """The services as processes on a fresh bucket, and the environment the flow needs."""
+    root = tmp_path_factory.mktemp("e2e")
+    bucket = f"e2e-{os.getpid()}"
+    env = {
+        **s3_env(s3_endpoint, bucket),
+        **install_test_models(root / "models"),
+        "NLFPIPE_SERVING_WAIT_S": "60",
+    }
+    store = S3Store(s3_endpoint, ACCESS_KEY, SECRET_KEY, bucket)
+    store.ensure_bucket()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with LocalStack(STAGES, env={**os.environ}, state_dir=root / "state") as stack:
+            for name, value in stack.address_env().items():
+                patch.setenv(name, value)
+            video = root / "walkers.mp4"
+            make_test_video(video, seconds=2.0, width=640, height=360, fps=30, figures=FIGURES)
+            yield {"stack": stack, "store": store, "video": video, "root": root, "env": env}
+
+
+@pytest.fixture(scope="module")
+def first_and_second_run(e2e):
+    params = VideoParams(video=str(e2e["video"]))
+    first = process_video(params)
+    second = process_video(params)
+    return first, second
+
+
+def _by_stage(summary):
+    return {s.stage: s for s in summary.stages}
+
+
+def _manifest(store, outcome) -> dict:
+    return json.loads(store.get_bytes(store.key_from_uri(outcome.manifest_uri)))
+
+
+def test_run_finds_the_people_and_every_output_is_consistent(e2e, first_and_second_run):
+    store = e2e["store"]
+    first, _ = first_and_second_run
+    stages = _by_stage(first)
+    assert list(stages) == STAGES
+    assert not any(s.cache_hit for s in first.stages)
+    assert first.frames == FRAMES
+    assert first.people_found == FIGURES
+
+    for outcome in first.stages:
+        manifest = _manifest(store, outcome)
+        assert manifest["stage"] == outcome.stage
+        assert manifest["cache_key"] == outcome.cache_key
+        for name, ref in outcome.outputs.items():
+            if name in manifest["outputs"]:
+                assert manifest["outputs"][name]["sha256"] == ref.sha256
+                assert store.stat(store.key_from_uri(ref.uri)).size_bytes == ref.size_bytes
+
+    # Each stage read exactly what the one before it produced.
+    video_uri = stages["ingest"].outputs["video"].uri
+    masks_uri = stages["tracking"].outputs["masks"].uri
+    predictions_uri = stages["pose"].outputs["predictions"].uri
+    tracking_inputs = {i["uri"] for i in _manifest(store, stages["tracking"])["inputs"].values()}
+    pose_inputs = {i["uri"] for i in _manifest(store, stages["pose"])["inputs"].values()}
+    fitting_inputs = {i["uri"] for i in _manifest(store, stages["fitting"])["inputs"].values()}
+    assert video_uri in tracking_inputs
+    assert {video_uri, masks_uri} <= pose_inputs
+    assert predictions_uri in fitting_inputs
+
+    tracks = stages["tracking"].values["tracks"]
+    assert [t["track_id"] for t in tracks] == list(range(FIGURES))
+    assert all(t["frames_present"] >= FRAMES - 2 for t in tracks)
+    masks = read_track_masks(store.get_file(store.key_from_uri(masks_uri), e2e["root"] / "m"))
+    assert masks.num_frames == FRAMES
+    assert sorted(masks.track_ids) == list(range(FIGURES))
+
+    predictions = e2e["root"] / "predictions"
+    store.get_file(store.key_from_uri(predictions_uri), predictions)
+    frames = list(PredictionsReader(predictions))
+    assert len(frames) == FRAMES
+    assert all(f.track_ids.tolist() == list(range(FIGURES)) for f in frames)
+    assert stages["pose"].counts["person_frames"] == FRAMES * FIGURES
+
+    fitting = stages["fitting"]
+    assert fitting.outputs, "fitting must publish its fits"
+    assert int(fitting.counts.get("tracks", FIGURES)) == FIGURES
+
+    summary = json.loads(store.get_bytes(store.key_from_uri(first.summary_uri)))
+    assert summary["people_found"] == FIGURES
+    assert set(summary["outputs"]) >= {"ingest.video", "tracking.masks", "pose.predictions"}
+
+
+def test_second_identical_run_is_all_cache_hits_and_fast(first_and_second_run):
+    first, second = first_and_second_run
+    assert all(s.cache_hit for s in second.stages)
+    assert all(s.compute_seconds == 0 for s in second.stages)
+    assert [s.cache_key for s in second.stages] == [s.cache_key for s in first.stages]
+    assert second.stage_wall_seconds <= 0.2 * first.stage_wall_seconds, (
+        second.stage_wall_seconds, first.stage_wall_seconds
+    )
+
+
+def test_killing_a_service_mid_stage_retries_and_completes(e2e, first_and_second_run):
+    stack = e2e["stack"]
+    killed = []
+
+    def kill_tracking_once(event):
+        if event.stage == "tracking" and event.done > 0 and not killed:
+            service = stack.services["tracking"]
+            os.kill(service.pid, signal.SIGKILL)
+            killed.append(service.pid)
+
+    progress.add_listener(kill_tracking_once)
+    try:
+        summary = process_video(VideoParams(video=str(e2e["video"]), force=True))
+    finally:
+        progress.remove_listener(kill_tracking_once)
+    assert killed, "the tracking service was never killed"
+    stages = _by_stage(summary)
+    assert stages["tracking"].attempts >= 2
+    assert stack.services["tracking"].restarts >= 1
+    assert summary.people_found == FIGURES
+    first, _ = first_and_second_run
+    assert stages["tracking"].cache_key == _by_stage(first)["tracking"].cache_key
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"max_persons": 0}, "max_persons"), ({"static_camera": False}, "static_camera")],
+)
+def test_bad_parameter_fails_fast_naming_the_field(e2e, change, field):
+    before = len(e2e["store"].list("stages/"))
+    started = time.monotonic()
+    with pytest.raises((ParameterError, ValueError)) as info:
+        process_video({"video": str(e2e["video"]), **change})
+    assert field in str(info.value)
+    assert time.monotonic() - started < 10
+    assert len(e2e["store"].list("stages/")) == before, "no stage may run"
+
+
+# -- deployment through a real Prefect server, triggered through the API as the UI does -------
+
+
+@pytest.fixture(scope="module")
+def worker(e2e, prefect_server):
+    """prefect.yaml's local deployment, deployed with `prefect deploy`, and a process worker."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    repo = Path(__file__).resolve().parents[1]
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PYTHONPATH": str(repo)}  # fmt: skip
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="nlfpipe-local", type="process"))
+    deployed = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--prefect-file", "prefect.yaml",
+         "--name", "process-video-local"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    log = open(e2e["root"] / "worker.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [prefect, "worker", "start", "--pool", "nlfpipe-local"],
+        cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    yield {key: value for key, value in env.items() if key.startswith(_JOB_ENV)}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+    log.close()
+
+
+_JOB_ENV = ("NLFPIPE_", "SMPLFITTER_", *(f"{s.upper()}_ADDR" for s in STAGES))
+
+
+def _artifacts(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def _summary_artifact(flow_run_id) -> str:
+    artifacts = _artifacts(flow_run_id)
+    return next(a.data for a in artifacts if a.type == "markdown" and "People found" in a.data)
+
+
+def test_deployment_runs_with_parameters_from_the_api(e2e, worker, first_and_second_run):
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        "process-video/process-video-local",
+        parameters={"params": {"video": str(e2e["video"]), "nlf": {"num_aug": 5}}},
+        job_variables={"env": worker},
+        timeout=300,
+    )
+    assert run.state.is_completed(), run.state.message
+    summary = _summary_artifact(run.id)
+    assert f"**People found:** {FIGURES}" in summary
+    assert "| pose | cache hit |" in summary
+    assert any(a.type == "progress" for a in _artifacts(run.id))
+
+
+def test_subject_selection_pauses_for_input_and_resumes(e2e, worker):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.flow_runs import resume_flow_run
+
+    run = run_deployment(
+        "process-video/process-video-local",
+        parameters={"params": {"video": str(e2e["video"]), "subjects": {"in_ui": True}}},
+        job_variables={"env": worker},
+        timeout=0,
+    )
+    deadline = time.monotonic() + 240
+    with get_client(sync_client=True) as client:
+        while not (state := client.read_flow_run(run.id).state).is_paused():
+            assert not state.is_final(), state.message
+            assert time.monotonic() < deadline, "the run never paused for subject selection"
+            time.sleep(1)
+        kinds = {a.type for a in _artifacts(run.id)}
+        assert {"image", "markdown"} <= kinds, kinds
+        resume_flow_run(run.id, run_input={"indices": [1]})
+        while not (state := client.read_flow_run(run.id).state).is_final():
+            assert time.monotonic() < deadline, "the run did not finish after resuming"
+            time.sleep(1)
+    assert state.is_completed(), state.message
+    assert "**People found:** 1" in _summary_artifact(run.id)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_fitting():
+    from orchestrator import stage_tasks
+    from orchestrator.outcome import StageOutcome
+    from prefect import task
+    @task(name="fitting")
+    def fake_fit(*a, **k): return StageOutcome(stage="fitting", manifest_uri="")
+    old = stage_tasks.fit_bodies
+    stage_tasks.fit_bodies = fake_fit
+    yield
+    stage_tasks.fit_bodies = old
