@@ -13,7 +13,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.input import RunInput
-from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from orchestrator import stage_tasks
@@ -198,16 +197,20 @@ def process_videos(
     )
     logger.info("%d videos, up to %d at a time", len(all_params), max_concurrent_videos)
     pending = list(all_params)
-    running, summaries = [], []
+    running, summaries, failures = {}, [], []
     while pending or running:
         while pending and len(running) < max_concurrent_videos:
-            running.append(_video_subflow.submit(pending.pop(0)))
-        done = next(as_completed(running))
-        running.remove(done)
-        summaries.append(done.result())
+            params = pending.pop(0)
+            running[_video_subflow.submit(params)] = params.video
+        done = next(as_completed(list(running)))
+        video = running.pop(done)
+        try:
+            summaries.append(done.result())
+        except Exception as err:  # noqa: BLE001 - one bad video must not stop the others
+            logger.error("%s failed: %s", video, err)
+            failures.append(f"{video}: {err}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(all_params)} videos failed:\n"
+                           + "\n".join(failures))
     return summaries
 
-
-def current_run_id() -> str | None:
-    """The flow run id (for service logs), when inside a run."""
-    return str(flow_run.id) if flow_run.id else None

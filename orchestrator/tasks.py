@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from prefect.runtime import flow_run
 
 from orchestrator import progress as progress_events
 from orchestrator.outcome import StageOutcome, outcome_from_result
@@ -130,6 +131,12 @@ def _open_progress_artifact(stage: str):
         return None
 
 
+def _flow_run_id() -> str | None:
+    """The Prefect flow run id, sent to the service so that its log lines carry it."""
+    run_id = flow_run.get_id()
+    return str(run_id) if run_id else None
+
+
 def _attempt_number() -> int:
     context = TaskRunContext.get()
     return (context.task_run.run_count if context else 0) or 1
@@ -159,7 +166,9 @@ def call_stage_rpc(
     channel = open_channel(address)
     try:
         method = getattr(stub_factory(channel), method_name)
-        result = call_stage(method, request, timeout_s=deadline, on_progress=forwarder)
+        result = call_stage(
+            method, request, timeout_s=deadline, on_progress=forwarder, run_id=_flow_run_id()
+        )
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
         details = exc.details() if hasattr(exc, "details") else str(exc)

@@ -25,7 +25,7 @@ SERVED_STAGES = [
 DEPLOYED_STAGES = sorted(
     set(SERVED_STAGES) | {s for s in STAGES if (ROOT / "deploy" / s / "Dockerfile").exists()}
 )
-ENV_NAME = re.compile(r"\b(NLFPIPE_[A-Z0-9_]+|[A-Z]+_ADDR)\b")
+ENV_NAME = re.compile(r"\b(NLFPIPE_[A-Z0-9_]*[A-Z0-9]|[A-Z]+_ADDR)\b")
 
 
 def test_architecture_table_matches_the_stage_module() -> None:

@@ -8,6 +8,7 @@ runs in this process for the engine tests and in a process worker for the deploy
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
 from orchestrator import progress
-from orchestrator.flow import process_video
+from orchestrator.flow import process_video, process_videos
 from orchestrator.params import ParameterError, VideoParams
 from orchestrator.stack import LocalStack
 from orchestrator.testmodels import install_test_models
@@ -174,11 +176,35 @@ def test_killing_a_service_mid_stage_retries_and_completes(e2e, first_and_second
 def test_bad_parameter_fails_fast_naming_the_field(e2e, change, field):
     before = len(e2e["store"].list("stages/"))
     started = time.monotonic()
-    with pytest.raises((ParameterError, ValueError)) as info:
+    with pytest.raises((ParameterError, ParameterTypeError)) as info:
         process_video({"video": str(e2e["video"]), **change})
     assert field in str(info.value)
     assert time.monotonic() - started < 10
     assert len(e2e["store"].list("stages/")) == before, "no stage may run"
+
+
+def test_many_videos_share_each_gpu_service_one_call_at_a_time(e2e, first_and_second_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+
+    folder = e2e["root"] / "batch"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copyfile(e2e["video"], folder / name)
+    summaries = process_videos(folder=str(folder), max_concurrent_videos=2)
+    assert sorted(Path(s.video).name for s in summaries) == ["a.mp4", "b.mp4"]
+    assert all(s.people_found == FIGURES for s in summaries)
+    with get_client(sync_client=True) as client:
+        limit = client.read_concurrency_limit_by_tag("nlfpipe-gpu-pose")
+        assert limit.concurrency_limit == 1
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["nlfpipe-gpu-pose"]))
+        )
+    spans = sorted((r.start_time, r.end_time) for r in runs if r.start_time and r.end_time)
+    assert len(spans) >= 2
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), (
+        "two pose calls overlapped"
+    )
 
 
 # -- deployment through a real Prefect server, triggered through the API as the UI does -------

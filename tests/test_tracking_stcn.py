@@ -12,7 +12,7 @@ from services.common.stagerun import StageRun
 from services.tracking.detection import MaskRCNNDetector, build_maskrcnn, person_candidates
 from services.tracking.pipeline import TrackingBackend, TrackingParams, compute_tracking
 from services.tracking.stcn import STCNPropagator
-from services.tracking.stcn_network import STCN, load_stcn
+from services.tracking.stcn_network import STCN, adapt_state_dict, load_stcn
 from services.tracking.synthetic import SyntheticPersonDetector
 from tests.support.videos import make_test_video
 
@@ -21,15 +21,12 @@ REFERENCE_SHAPES = Path(__file__).parent / "data" / "stcn_state_dict_shapes.txt"
 
 def reference_state_dict() -> dict[str, torch.Tensor]:
     """A state dict with the key names and shapes of hkchengrex/STCN's `stcn.pth` (derived from
-    the STCN model definition of stcnbuf 0.2.2), filled with random numbers."""
-    generator = torch.Generator().manual_seed(0)
+    the STCN model definition of stcnbuf 0.2.2); tensor i is filled with the number i."""
     state = {}
-    for line in REFERENCE_SHAPES.read_text().splitlines():
+    for i, line in enumerate(REFERENCE_SHAPES.read_text().splitlines()):
         name, shape = line.split()
-        if shape == "scalar":
-            state[name] = torch.tensor(0)
-        else:
-            state[name] = torch.randn(*map(int, shape.split("x")), generator=generator)
+        dims = () if shape == "scalar" else tuple(map(int, shape.split("x")))
+        state[name] = torch.full(dims, i, dtype=torch.long if not dims else torch.float32)
     return state
 
 
@@ -42,25 +39,24 @@ def stcn_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_checkpoint_layout_loads_strictly(tmp_path):
+def test_checkpoint_layout_loads_strictly():
     reference = reference_state_dict()
     assert len(reference) == 405
-    torch.save(reference, tmp_path / "stcn.pth")
-    loaded = load_stcn(tmp_path / "stcn.pth", "cpu").state_dict()
+    model = STCN()
+    model.load_state_dict(adapt_state_dict(reference), strict=True)
+    loaded = model.state_dict()
     assert list(loaded) == list(reference)
-    for name, tensor in reference.items():
-        torch.testing.assert_close(loaded[name], tensor)
+    assert all(bool((loaded[name] == i).all()) for i, name in enumerate(reference))
 
 
-def test_single_object_checkpoint_gets_a_zero_other_objects_channel(tmp_path):
+def test_single_object_checkpoint_gets_a_zero_other_objects_channel():
     state = reference_state_dict()
-    four = state["value_encoder.conv1.weight"][:, :4].clone()
-    state["value_encoder.conv1.weight"] = four
-    torch.save(state, tmp_path / "so.pth")
-    weight = load_stcn(tmp_path / "so.pth", "cpu").state_dict()["value_encoder.conv1.weight"]
+    state["value_encoder.conv1.weight"] = torch.ones(64, 4, 7, 7)
+    model = STCN()
+    model.load_state_dict(adapt_state_dict(state), strict=True)
+    weight = model.state_dict()["value_encoder.conv1.weight"]
     assert weight.shape == (64, 5, 7, 7)
-    torch.testing.assert_close(weight[:, :4], four)
-    assert not weight[:, 4].any()
+    assert weight[:, :4].eq(1).all() and not weight[:, 4].any()
 
 
 SMALL_MASK_RCNN = {
@@ -92,7 +88,7 @@ def test_mask_rcnn_loads_from_a_state_dict_and_reports_sorted_persons(tmp_path):
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("video") / "figures.mp4"
-    make_test_video(path, seconds=1.2, width=96, height=64, fps=10, figures=2)
+    make_test_video(path, seconds=0.6, width=96, height=64, fps=10, figures=2)
     return path
 
 
@@ -113,15 +109,10 @@ def test_stcn_propagates_over_every_frame_with_bounded_memory(video, stcn_file, 
     outputs = compute_tracking(run, params, backend)
 
     masks = read_track_masks(outputs.files["masks"].path)
-    assert (masks.num_frames, masks.height, masks.width) == (12, 48, 72)
-    assert outputs.counts == {"candidates": 2, "frames": 12, "tracks": 2}
+    assert (masks.num_frames, masks.height, masks.width) == (6, 48, 72)
+    assert outputs.counts == {"candidates": 2, "frames": 6, "tracks": 2}
     memory = propagators[0].memory
     pixels = 3 * 5  # 48 x 72 padded to 48 x 80, at stride 16
     assert (memory.capacity, memory.frames, memory.temp_frames) == (4, 4, 2)
     assert memory.nbytes() == (4 + 2) * pixels * (64 + 2 * 512) * 4
-    # Random weights give arbitrary masks; they are exclusive and at the stated resolution.
-    for i in range(masks.num_frames):
-        frame = masks.frame(i)
-        assert all(m.shape == (48, 72) for m in frame.values())
-        if len(frame) == 2 and not outputs.extra.get("morph_cleanup"):
-            assert frame[0].shape == frame[1].shape
+    assert [t["track_id"] for t in outputs.extra["tracks"]] == [0, 1]

@@ -130,8 +130,13 @@ def test_candidates_are_exclusive_thresholded_and_clean():
     first, second = (c.mask.to_array().astype(bool) for c in found)
     assert first.sum() == 25 * 15 and second.sum() == 25 * 15
     assert not (first & second).any() and not second[0, 39]
-    assert person_candidates(np.zeros((8, 8, 3), np.uint8), FixedDetector(
-        np.zeros((0, 8, 8), np.float32), np.zeros(0))) == []
+    assert (
+        person_candidates(
+            np.zeros((8, 8, 3), np.uint8),
+            FixedDetector(np.zeros((0, 8, 8), np.float32), np.zeros(0)),
+        )
+        == []
+    )
 
 
 # --- init frame -------------------------------------------------------------------------

@@ -3,9 +3,14 @@
 See docs/models.md. Layout of the cache: ``<settings.model_cache>/<model name>/<file name>``.
 A download goes to ``<file>.part`` (resumed with an HTTP Range request after a cut
 connection) and is moved to its final name only once its size and sha256 check out. Services
-call ``require_model`` in ``load()``; it never downloads and raises ``ModelNotReady`` with the
-command that fixes it. Hashes are cached beside each file (``.<file>.sha256.json``, keyed by
-size and mtime) so that a check on load does not re-read gigabytes.
+call ``require_model`` in ``load()``; it never downloads from the web and raises
+``ModelNotReady`` with the command that fixes it. Hashes are cached beside each file
+(``.<file>.sha256.json``, keyed by size and mtime) so that a check on load does not re-read
+gigabytes.
+
+The cache can also be kept in the artifact store (``models/<name>/<file>``, pushed by
+``nlfpipe models fetch NAME --to-store``): with ``NLFPIPE_MODEL_SOURCE=store``,
+``require_model`` first copies the files missing from the local cache out of the store.
 """
 
 import hashlib
@@ -14,21 +19,28 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import yaml
+from minio.error import MinioException
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from services.common.errors import ModelNotReady
 from services.common.settings import Settings
+from services.common.store import ArtifactInfo, ArtifactStore, open_store, sha256_file
 
 REGISTRY_PATH = Path(__file__).with_name("model_registry.yaml")
+STORE_PREFIX = "models"
+STORE_ERRORS = (OSError, MinioException, Urllib3Error)  # a store or cache access failed
 _CHUNK = 1024 * 1024
 log = logging.getLogger(__name__)
 
@@ -130,24 +142,36 @@ def fetch_command(name: str) -> str:
     return f"nlfpipe models fetch {name}"
 
 
+def push_command(name: str) -> str:
+    """The command that fills the store's copy of a model (fetching it first when needed)."""
+    return f"nlfpipe models fetch {name} --to-store"
+
+
+def _how_to_get(entry: ModelEntry, settings: Settings) -> str:
+    if entry.manual:
+        return f"{entry.instructions} (licence: {entry.registration})"
+    return f"Run `{fetch_command(entry.name)}` (with NLFPIPE_MODEL_CACHE={settings.model_cache})"
+
+
 def _not_ready(entry: ModelEntry, settings: Settings, problem: str) -> ModelNotReady:
-    how = (
-        f"{entry.instructions} (licence: {entry.registration})"
-        if entry.manual
-        else f"Run `{fetch_command(entry.name)}` (with NLFPIPE_MODEL_CACHE={settings.model_cache})"
+    return ModelNotReady(
+        f"model {entry.name!r} is not ready: {problem}. {_how_to_get(entry, settings)}"
     )
-    return ModelNotReady(f"model {entry.name!r} is not ready: {problem}. {how}")
 
 
 def require_model(name: str, settings: Settings) -> Path:
     """Checks that a model is in the cache and intact, and returns ``model_path(name)``.
 
     Raises ``ModelNotReady`` naming the missing or corrupt file, its expected path and the
-    command that gets it. Never downloads. The sha256 (where the registry pins one) is read
-    from the hash cache when the file's size and mtime are unchanged.
+    command that gets it. Never downloads from the internet; with
+    ``settings.model_source == "store"`` it first copies files missing from the local cache
+    out of the artifact store (``pull_model``). The sha256 (where the registry pins one) is
+    read from the hash cache when the file's size and mtime are unchanged.
     """
     entry = get_entry(name)
     folder = settings.model_cache / name
+    if settings.model_source == "store":
+        pull_model(name, settings)
     for rel in entry.required_paths():
         if not (folder / rel).is_file():
             problem = f"file {rel!r} is missing (expected at {folder / rel})"
@@ -183,11 +207,26 @@ def sha256_of(path: Path, *, use_cache: bool = True) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     value = digest.hexdigest()
+    _remember_hash(path, stat, value)
+    return value
+
+
+def _remember_hash(path: Path, stat: os.stat_result, value: str) -> None:
+    """Writes the hash cache of a file whose sha256 (at size and mtime ``stat``) is known."""
+    cache_path = _hash_cache_path(path)
     try:
-        cache_path.write_text(json.dumps({**key, "sha256": value}))
+        cache_path.write_text(
+            json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": value})
+        )
     except OSError:
         log.debug("cannot write the hash cache %s (read-only cache?)", cache_path)
-    return value
+
+
+def _record_fetched(path: Path, digest: str, source: str) -> None:
+    """Remembers the hash a file had when it arrived (for files the registry does not pin)."""
+    path.with_name(f".{path.name}.fetched.json").write_text(
+        json.dumps({"sha256": digest, "url": source})
+    )
 
 
 def _recorded_sha256(path: Path) -> str | None:
@@ -312,9 +351,7 @@ def _download(spec: ModelFile, final: Path, *, attempts: int, timeout_s: float,
     os.replace(partial, final)
     sha256_of(final, use_cache=False)
     if spec.sha256 is None:
-        final.with_name(f".{final.name}.fetched.json").write_text(
-            json.dumps({"sha256": digest, "url": spec.url})
-        )
+        _record_fetched(final, digest, spec.url)
         log.warning("%s has no sha256 in the registry; it was %s on fetch", spec.name, digest)
 
 
@@ -369,3 +406,152 @@ def _extract(archive: Path, spec: ModelFile, folder: Path) -> None:
             with zf.open(min(matches, key=len)) as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
             os.replace(tmp, dest)
+
+
+def store_key(name: str, rel: str) -> str:
+    """The artifact-store key of a model file: ``models/<name>/<rel>``."""
+    return f"{STORE_PREFIX}/{name}/{rel}"
+
+
+def store_files(entry: ModelEntry) -> list[tuple[str, ModelFile | None]]:
+    """What the store holds of a model: each plain file with its registry spec, and the
+    extracted members of archives (spec None: the registry pins no hash for them)."""
+    files: list[tuple[str, ModelFile | None]] = []
+    for f in entry.files:
+        if f.extract:
+            files.extend((member, None) for member in f.extract)
+        else:
+            files.append((f.name, f))
+    return files
+
+
+@contextmanager
+def _store_access(what: str, error: type[Exception]) -> Iterator[None]:
+    """Turns a store or file-system failure into ``error`` with an actionable message."""
+    try:
+        yield
+    except STORE_ERRORS as e:
+        raise error(
+            f"{what} failed: {type(e).__name__}: {e}. Check that the store is reachable, that "
+            "NLFPIPE_STORE, NLFPIPE_STORE_ROOT, NLFPIPE_S3_ENDPOINT and the other S3 settings "
+            "are right, and that NLFPIPE_MODEL_CACHE is writable"
+        ) from e
+
+
+def push_model(
+    name: str, settings: Settings, store: ArtifactStore | None = None
+) -> list[ArtifactInfo]:
+    """Uploads the model's cached files to ``models/<name>/`` of the store, with their sha256.
+
+    Raises ``ModelFetchError`` when the model is missing or corrupt in the local cache, or when
+    the store cannot be written.
+    """
+    entry = get_entry(name)
+    folder = settings.model_cache / name
+    report = verify_model(name, settings)
+    if not report.ok:
+        problems = "; ".join([f"missing {rel}" for rel in report.missing] + report.corrupt)
+        raise ModelFetchError(
+            f"{name} is not ready in the local cache {folder} ({problems}); nothing was "
+            f"uploaded. {_how_to_get(entry, settings)}"
+        )
+    with _store_access(f"uploading {name} to the model store", ModelFetchError):
+        store = store or open_store(settings)
+        return [
+            store.put_file(store_key(name, rel), folder / rel, "application/octet-stream")
+            for rel, _ in store_files(entry)
+            if (folder / rel).is_file()
+        ]
+
+
+def pull_model(name: str, settings: Settings, store: ArtifactStore | None = None) -> None:
+    """Copies the model's files missing from the local cache out of the store (``.part`` then
+    rename, after checking the store's sha256 and the registry's pins).
+
+    Does nothing (and opens no store) when every required file is in the local cache. Raises
+    ``ModelNotReady`` (before downloading anything) when a required file is not in the store,
+    when a stored copy is rejected, or when the store cannot be read.
+    """
+    entry = get_entry(name)
+    folder = settings.model_cache / name
+    required = set(entry.required_paths())
+    missing = [(rel, spec) for rel, spec in store_files(entry) if not (folder / rel).is_file()]
+    if not required.intersection(rel for rel, _ in missing):
+        return
+    with _store_access(f"model {name!r}: copying it from the model store", ModelNotReady):
+        store = store or open_store(settings)
+        found = [(rel, spec, store.stat(store_key(name, rel))) for rel, spec in missing]
+        absent = [rel for rel, _, info in found if info is None and rel in required]
+        if absent:
+            raise _not_in_store(entry, settings, store, absent[0])
+        for rel, spec, info in found:
+            if info is not None:
+                _pull_file(name, store, info, folder / rel, spec)
+
+
+def _not_in_store(
+    entry: ModelEntry, settings: Settings, store: ArtifactStore, rel: str
+) -> ModelNotReady:
+    folder = settings.model_cache / entry.name
+    how = f" ({entry.instructions})" if entry.manual else ""
+    return ModelNotReady(
+        f"model {entry.name!r} is not ready: file {rel!r} is neither in the local cache "
+        f"({folder / rel}) nor in the model store ({store.uri(store_key(entry.name, rel))}). "
+        f"Run `{push_command(entry.name)}` with the same store settings{how}"
+    )
+
+
+def _pull_file(name: str, store: ArtifactStore, info: ArtifactInfo, final: Path,
+               spec: ModelFile | None) -> None:
+    """Downloads one stored file to a unique ``.part`` beside ``final``; renames it once checked."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, part_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+    os.close(fd)
+    part = Path(part_name)
+    try:
+        store.get_file(info.key, part)
+        actual = sha256_file(part)
+        problem = _pulled_problem(part.stat().st_size, actual, info, spec)
+        if problem:
+            raise ModelNotReady(
+                f"model {name!r}: the store's copy {info.uri} was rejected ({problem}); nothing "
+                f"was written to {final}. Replace it with `nlfpipe models push {name}` from an "
+                f"intact local cache, or `{push_command(name)}`"
+            )
+        part.chmod(0o644)  # mkstemp made it private; other services may share the cache
+        os.replace(part, final)
+    finally:
+        part.unlink(missing_ok=True)
+    _remember_hash(final, final.stat(), actual)
+    if spec is not None and spec.sha256 is None:
+        _record_fetched(final, actual, info.uri)
+    log.info("copied %s from the model store to %s", info.uri, final)
+
+
+def _pulled_problem(size: int, actual: str, info: ArtifactInfo,
+                    spec: ModelFile | None) -> str | None:
+    """None when a pulled file matches the store's recorded sha256 and the registry's pins."""
+    if not info.sha256:
+        return "the store recorded no sha256 for it"
+    if actual != info.sha256:
+        return f"its content has sha256 {actual}, the store recorded {info.sha256}"
+    if spec is None:
+        return None
+    if spec.size_bytes is not None and size != spec.size_bytes:
+        return f"size {size} bytes, the registry pins {spec.size_bytes}"
+    if spec.sha256 and actual != spec.sha256:
+        return f"sha256 {actual}, the registry pins {spec.sha256}"
+    if spec.sha256_prefix and not actual.startswith(spec.sha256_prefix):
+        return f"sha256 {actual} does not start with the registry's {spec.sha256_prefix}"
+    return None
+
+
+def store_state(name: str, store: ArtifactStore) -> str:
+    """"stored" when every required file of the model is in the store, "partial" when some
+    are, else "missing"."""
+    keys = set(store.list(f"{STORE_PREFIX}/{name}/"))
+    required = [store_key(name, rel) for rel in get_entry(name).required_paths()]
+    found = sum(key in keys for key in required)
+    if found == len(required):
+        return "stored"
+    return "partial" if found else "missing"

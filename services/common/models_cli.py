@@ -1,11 +1,13 @@
-"""`nlfpipe models list|fetch|verify|path`: manage the model cache (docs/models.md)."""
+"""`nlfpipe models list|fetch|push|verify|path`: manage the model cache (docs/models.md)."""
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from services.common import models
 from services.common.settings import Settings, load_settings
+from services.common.store import ArtifactStore, open_store
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch = sub.add_parser("fetch", help="download models into the cache (resumes, checks sha256)")
     fetch.add_argument("names", nargs="*", metavar="NAME", help="models to fetch")
     fetch.add_argument("--all", action="store_true", help="every model of the registry")
+    fetch.add_argument("--to-store", action="store_true",
+                       help="then upload the files to the artifact store (models/NAME/)")
     fetch.set_defaults(func=_fetch)
+
+    push = sub.add_parser("push", help="upload cached models to the artifact store (models/NAME/)")
+    push.add_argument("names", nargs="*", metavar="NAME", help="models to upload")
+    push.add_argument("--all", action="store_true", help="every model of the registry")
+    push.set_defaults(func=_push)
 
     verify = sub.add_parser("verify", help="re-hash cached models; exit 1 if any is bad")
     verify.add_argument("names", nargs="*", metavar="NAME", help="models (default: all)")
@@ -43,19 +52,35 @@ def _selected(names: list[str], all_models: bool) -> list[str]:
 
 
 def _state(name: str, settings: Settings) -> str:
+    """ready, missing or corrupt in the local cache (never copies anything from the store)."""
     try:
-        models.require_model(name, settings)
+        models.require_model(name, replace(settings, model_source="local"))
     except models.ModelNotReady:
         return "missing" if models.verify_model(name, settings).missing else "corrupt"
     return "ready"
 
 
+def _store_if_configured(settings: Settings) -> ArtifactStore | None:
+    """The store, when models may live there (NLFPIPE_MODEL_SOURCE=store or NLFPIPE_STORE=s3)."""
+    if settings.model_source != "store" and settings.store_backend != "s3":
+        return None
+    try:
+        return open_store(settings)
+    except models.STORE_ERRORS as e:
+        raise SystemExit(
+            f"cannot open the artifact store ({type(e).__name__}: {e}); check NLFPIPE_STORE, "
+            "NLFPIPE_STORE_ROOT, NLFPIPE_S3_ENDPOINT and the other S3 settings"
+        ) from e
+
+
 def _list(args: argparse.Namespace) -> int:
     settings = load_settings()
+    store = _store_if_configured(settings)
     for name, entry in sorted(models.load_registry().items()):
         row = {
             "name": name,
             "state": _state(name, settings),
+            "store": models.store_state(name, store) if store else None,
             "used_by": list(entry.used_by),
             "files": [f.name for f in entry.files],
             "license": entry.license,
@@ -66,8 +91,9 @@ def _list(args: argparse.Namespace) -> int:
             print(json.dumps(row))
         else:
             how = "manual (registration)" if entry.manual else "fetch"
-            print(f"{name:<11} {row['state']:<8} {','.join(entry.used_by):<22} {how:<22} "
-                  f"{entry.license}")
+            stored = f"store:{row['store']:<8} " if store else ""
+            print(f"{name:<11} {row['state']:<8} {stored}{','.join(entry.used_by):<22} "
+                  f"{how:<22} {entry.license}")
     return 0
 
 
@@ -91,7 +117,28 @@ def _fetch(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(f"\n{name}: ready at {path}", file=sys.stderr)
+        if args.to_store and not _push_one(name, settings):
+            failed += 1
     return 1 if failed else 0
+
+
+def _push_one(name: str, settings: Settings) -> bool:
+    """Uploads one model and says where it went; False (after saying why) when it failed."""
+    try:
+        infos = models.push_model(name, settings)
+    except models.ModelFetchError as e:
+        print(f"{name}: NOT UPLOADED: {e}", file=sys.stderr)
+        return False
+    for info in infos:
+        print(f"{name}: uploaded {info.uri} ({info.size_bytes} bytes, sha256 {info.sha256})",
+              file=sys.stderr)
+    return True
+
+
+def _push(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    results = [_push_one(name, settings) for name in _selected(args.names, args.all)]
+    return 0 if all(results) else 1
 
 
 def _verify(args: argparse.Namespace) -> int:

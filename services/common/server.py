@@ -164,9 +164,10 @@ def _load_in_background(
     health_servicer,
     ready: threading.Event,
     reason: list[str],
+    stopped: threading.Event,
 ) -> None:
     def loader() -> None:
-        while True:
+        while not stopped.is_set():
             try:
                 start = time.perf_counter()
                 service.load()
@@ -179,7 +180,7 @@ def _load_in_background(
                     reason=str(e),
                     retry_in_seconds=LOAD_RETRY_SECONDS,
                 )
-                time.sleep(LOAD_RETRY_SECONDS)
+                stopped.wait(LOAD_RETRY_SECONDS)
                 continue
             except Exception as e:  # noqa: BLE001 - keep NOT_SERVING and say why
                 reason[:] = [f"loading failed: {type(e).__name__}: {e}"]
@@ -227,8 +228,9 @@ def build_server(
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()
-    _load_in_background(service, service_name, health_servicer, ready, reason)
-    return RunningServer(server, bound, health_servicer, ready, settings.grace_seconds)
+    running = RunningServer(server, bound, health_servicer, ready, settings.grace_seconds)
+    _load_in_background(service, service_name, health_servicer, ready, reason, running.stopped)
+    return running
 
 
 def stream_stage(

@@ -29,6 +29,7 @@ class Settings:
     log_format: str
     host: str
     port: int | None
+    model_source: str = "local"
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -101,6 +102,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=_choice(env, "NLFPIPE_LOG_FORMAT", "json", ("json", "text")),
         host=env.get("NLFPIPE_HOST", "") or "[::]",
         port=_port(env, "NLFPIPE_PORT"),
+        model_source=_choice(env, "NLFPIPE_MODEL_SOURCE", "local", ("local", "store")),
     )
 
 

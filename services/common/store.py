@@ -239,10 +239,11 @@ class S3Store(ArtifactStore):
             with open(tmp, "wb") as f:
                 for chunk in response.stream(_CHUNK):
                     f.write(chunk)
+            os.replace(tmp, dest)
         finally:
+            tmp.unlink(missing_ok=True)
             response.close()
             response.release_conn()
-        os.replace(tmp, dest)
         return dest
 
     def stat(self, key: str) -> ArtifactInfo | None:

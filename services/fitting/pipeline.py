@@ -109,6 +109,13 @@ def _ray_scale(filtered: np.ndarray, raw: np.ndarray, cam: np.ndarray) -> np.nda
     )
 
 
+def along_ray_offset(raw: np.ndarray, filtered: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """(T, 3) offsets that move each raw point along its camera ray to the depth of the
+    filtered one: (sigma - 1)(raw - c). The reference used (sigma - 1) raw, which is only
+    right for a camera at the origin."""
+    return (_ray_scale(filtered, raw, cam) - 1)[:, None] * (raw - cam)
+
+
 class TrackFitter:
     def __init__(self, smpl: SmplFitter, params: FittingParams, fps: float, fps_factor: int):
         self.smpl = smpl
@@ -128,7 +135,7 @@ class TrackFitter:
             scale = np.ones(n)
             for start, end in segments:
                 idx = np.flatnonzero(observed[start:end]) + start
-                betas = self.smpl.estimate_shape(points[idx], w[idx], p.fit, with_scale=True)
+                betas = self.smpl.estimate_shape(points[idx], w[idx], p.fit, prelim=True)
                 s = self.smpl.frame_scales(points[idx], w[idx], betas)
                 scale[idx] = s / np.median(s)
             scaled = _scale_about(points, cam, scale.astype(np.float32))
@@ -217,7 +224,7 @@ class TrackFitter:
         for start, end in segments:
             idx = np.flatnonzero(valid[start:end]) + start
             pts, wts = smoothed[idx], np.nan_to_num(w_out[idx])
-            betas = self.smpl.estimate_shape(pts, wts, p.fit, with_scale=False)
+            betas = self.smpl.estimate_shape(pts, wts, p.fit)
             pose[idx], trans[idx] = self.smpl.fit_poses(pts, wts, betas, p.fit)
             joints[idx] = self.smpl.joints(pose[idx], betas, trans[idx])
             betas_all.append(betas)
@@ -228,8 +235,7 @@ class TrackFitter:
             root[:, None], valid[:, None].astype(np.float32), segments, self.post_kernel,
             p.filter_eps_m, p.filter_iterations,
         )  # fmt: skip
-        sigma = _ray_scale(filtered[:, 0], root, cam_out)
-        offset = np.where(valid[:, None], (sigma - 1)[:, None] * (root - cam_out), np.nan)
+        offset = np.where(valid[:, None], along_ray_offset(root, filtered[:, 0], cam_out), np.nan)
         trans = trans + offset
         joints = joints + offset[:, None]
 

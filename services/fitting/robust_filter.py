@@ -31,8 +31,8 @@ ROOT_KERNEL_LOW_FPS = (0.01, 0.05, 0.1, 1, 2, 6, 2, 1, 0.1, 0.05, 0.01)
 ROOT_KERNEL_HIGH_FPS = (
     0.01, 0.02, 0.05, 0.1, 0.2, 1, 1.3, 2, 3.3, 6, 3.3, 2, 1.3, 1, 0.2, 0.1, 0.05, 0.02, 0.01,
 )  # fmt: skip
-POINT_KERNEL_LOW_FPS = (1, 3, 12, 3, 1)
-POINT_KERNEL_HIGH_FPS = (1, 1.5, 3, 6, 12, 6, 3, 1.5, 1)
+POINT_KERNEL_LOW_FPS = (1, 4, 6, 4, 1)
+POINT_KERNEL_HIGH_FPS = (1, 8, 28, 56, 70, 56, 28, 8, 1)
 POST_FIT_KERNEL_LOW_FPS = (1, 2, 3, 2, 1)
 POST_FIT_KERNEL_HIGH_FPS = (1, 1.5, 2, 2.5, 3, 2.5, 2, 1.5, 1)
 HIGH_FPS = 40.0

@@ -47,8 +47,8 @@ def farthest_point_subset(points: np.ndarray, count: int) -> np.ndarray:
 @dataclass(frozen=True)
 class FitSettings:
     num_iter: int = 3
-    beta_regularizer: float = 10.0  # per segment, on betas 2..9
-    beta_regularizer2: float = 0.2  # per segment, on betas 0..1 (final fit: 0)
+    beta_regularizer: float = 1.0  # per segment, on betas 2..9 (reference: 10 per frame)
+    beta_regularizer2: float = 0.0  # per segment, on betas 0..1
     scale_regularizer: float = 1.0  # per frame, on the preliminary scale
     shape_frames: int = 64  # frames of the subsample the shared shape is solved on
 
@@ -107,17 +107,14 @@ class SmplFitter:
         return as_t(verts), as_t(joints), as_t(vw), as_t(jw)
 
     def estimate_shape(
-        self,
-        points: np.ndarray,
-        weights: np.ndarray,
-        settings: FitSettings,
-        with_scale: bool,
+        self, points: np.ndarray, weights: np.ndarray, settings: FitSettings, prelim: bool = False
     ) -> np.ndarray:
-        """Shared betas (10,) of one segment from an evenly spaced subsample of its frames."""
+        """Betas (10,) of one segment: the per-component median of per-frame fits on an evenly
+        spaced subsample of its frames (the prior is applied once for the segment)."""
         n = len(points)
         pick = np.unique(np.linspace(0, n - 1, min(n, settings.shape_frames)).round().astype(int))
-        verts, joints, vw, jw = self._split(points[pick], weights[pick], prelim=with_scale)
-        fitter = self.prelim_fitter if with_scale else self.fitter
+        verts, joints, vw, jw = self._split(points[pick], weights[pick], prelim=prelim)
+        fitter = self.prelim_fitter if prelim else self.fitter
         per_frame = self.reg_factor / len(pick)
         result = fitter.fit(
             verts,
@@ -126,14 +123,11 @@ class SmplFitter:
             jw,
             num_iter=settings.num_iter,
             beta_regularizer=settings.beta_regularizer * per_frame,
-            beta_regularizer2=(settings.beta_regularizer2 if with_scale else 0.0) * per_frame,
-            scale_regularizer=settings.scale_regularizer * self.reg_factor,
-            share_beta=True,
+            beta_regularizer2=settings.beta_regularizer2 * per_frame,
             final_adjust_rots=False,
-            scale_target=with_scale,
             requested_keys=["shape_betas"],
         )
-        return result["shape_betas"][0].numpy().astype(np.float64)
+        return np.median(result["shape_betas"].numpy().astype(np.float64), axis=0)
 
     def frame_scales(self, points: np.ndarray, weights: np.ndarray, betas: np.ndarray):
         """Per-frame factor by which each frame's points must be scaled (about their centroid)

@@ -1,0 +1,180 @@
+"""The fitting stage on synthetic ground truth (synthetic SMPL-format body model, known scenes)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.fitting.pipeline import FittingParams, TrackInput, run_fitting
+from services.fitting.smpl_fit import SmplFitter
+from services.fitting.synthetic_body_model import write_synthetic_smpl
+from tests.support.scenes import Noise, make_scene, predictions_for, truth
+
+NUM_FRAMES = 120
+
+
+@pytest.fixture(scope="module")
+def smpl(tmp_path_factory) -> SmplFitter:
+    root = write_synthetic_smpl(tmp_path_factory.mktemp("body_models"), genders=("neutral",))
+    return SmplFitter(Path(root) / "smpl")
+
+
+@pytest.fixture(scope="module")
+def scene(smpl):
+    return make_scene(smpl.body_model, num_frames=NUM_FRAMES, num_people=3, seed=1)
+
+
+def track_input(smpl, pred, track_id) -> TrackInput:
+    sub = smpl.vertex_subset
+    points = np.concatenate([pred["vertices"][:, sub], pred["joints"]], 1) / 1000
+    unc = np.concatenate(
+        [pred["vertex_uncertainties"][:, sub], pred["joint_uncertainties"]], 1
+    )
+    return TrackInput(track_id, pred["frame_indices"], points, unc)
+
+
+def inputs_for(smpl, scene, noise=None):
+    return [
+        track_input(smpl, predictions_for(smpl.body_model, scene, p, noise, p.track_id), p.track_id)
+        for p in scene.people
+    ]
+
+
+def mesh_error_mm(smpl, fit, gt_vertices, frames) -> float:
+    seg_of = np.searchsorted(fit.segments[:, 0], frames, side="right") - 1
+    with torch.no_grad():
+        out = smpl.body_model(
+            torch.as_tensor(fit.pose_rotvecs[frames]),
+            torch.as_tensor(fit.shape_betas[seg_of]),
+            torch.as_tensor(fit.trans[frames]),
+        )
+    return float(np.linalg.norm(out["vertices"].numpy() - gt_vertices, axis=-1).mean() * 1000)
+
+
+def acceleration_mm(joints: np.ndarray) -> float:
+    return float(
+        np.linalg.norm(joints[2:] - 2 * joints[1:-1] + joints[:-2], axis=-1).mean() * 1000
+    )
+
+
+@pytest.fixture(scope="module")
+def clean_run(smpl, scene):
+    return run_fitting(inputs_for(smpl, scene), scene.cameras, smpl, scene.fps, 1)
+
+
+def test_clean_input_fits_meshes_within_8mm(smpl, scene, clean_run):
+    for fit, person in zip(clean_run.fits, scene.people, strict=True):
+        assert fit.valid.all()
+        assert fit.segments.tolist() == [[0, NUM_FRAMES]]
+        gt = truth(smpl.body_model, person)
+        error = mesh_error_mm(smpl, fit, gt["vertices"], np.arange(NUM_FRAMES))
+        assert error <= 8.0, f"track {fit.track_id}: {error:.1f} mm"
+
+
+def test_noisy_input_error_and_jitter_drop(smpl, scene):
+    noise = Noise(point_sigma_mm=30, outlier_fraction=0.05, outlier_mm=500, scale_jitter=0.1)
+    inputs = inputs_for(smpl, scene, noise)
+    out = run_fitting(inputs, scene.cameras, smpl, scene.fps, 1)
+    for fit, person, given in zip(out.fits, scene.people, inputs, strict=True):
+        gt = truth(smpl.body_model, person)["joints"]
+        raw = given.points_m[:, -24:]
+        assert fit.valid.sum() >= NUM_FRAMES - 2
+        ok = fit.valid
+        error = np.linalg.norm(fit.joints[ok] - gt[ok], axis=-1).mean()
+        raw_error = np.linalg.norm(raw - gt, axis=-1).mean()
+        assert error <= 0.3 * raw_error, (error, raw_error)
+        assert acceleration_mm(fit.joints) <= 0.05 * acceleration_mm(raw)
+
+
+def test_gaps_are_filled_only_within_the_kernel_support(smpl, scene):
+    person = scene.people[0]
+    gaps = {10: 1, 20: 2, 40: 5, 70: 20}  # start frame -> length
+    missing = np.concatenate([np.arange(s, s + n) for s, n in gaps.items()])
+    person_gappy = type(person)(**{**person.__dict__, "present": person.present.copy()})
+    person_gappy.present[missing] = False
+    person_gappy.present[:3] = False  # a leading gap too
+    pred = predictions_for(smpl.body_model, scene, person_gappy)
+    out = run_fitting([track_input(smpl, pred, 1)], scene.cameras, smpl, scene.fps, 1)
+    fit = out.fits[0]
+    filled = np.array([10, 20, 21])
+    invalid = np.concatenate([np.arange(0, 3), np.arange(40, 45), np.arange(70, 90)])
+    assert fit.valid[filled].all()
+    assert not fit.valid[invalid].any()
+    assert np.isnan(fit.pose_rotvecs[invalid]).all() and np.isnan(fit.trans[invalid]).all()
+    gt = truth(smpl.body_model, person)["joints"]
+    fill_error = np.linalg.norm(fit.joints[filled] - gt[filled], axis=-1).mean() * 1000
+    assert fill_error < 30
+    observed = np.flatnonzero(person_gappy.present)
+    assert fit.valid[observed].all()
+
+
+def test_a_2m_jump_splits_the_track_with_a_shape_per_segment(smpl, scene):
+    first, second = scene.people[0], scene.people[1]
+    half = NUM_FRAMES // 2
+    a = predictions_for(smpl.body_model, scene, first)
+    b = predictions_for(smpl.body_model, scene, second)
+    gt_a = truth(smpl.body_model, first)
+    gt_b = truth(smpl.body_model, second)
+    pelvis_a, pelvis_b = gt_a["joints"][half - 1, 0], gt_b["joints"][half, 0]
+    direction = np.cross(scene.up, [0.0, 0.0, 1.0])
+    direction /= np.linalg.norm(direction)
+    shift_m = pelvis_a + 2.0 * direction - pelvis_b
+    pred = {
+        k: np.concatenate([a[k][:half], b[k][half:] + (shift_m * 1000 if k in ("vertices", "joints") else 0)])
+        for k in ("vertices", "joints", "vertex_uncertainties", "joint_uncertainties")
+    }
+    pred["frame_indices"] = np.arange(NUM_FRAMES)
+    fit = run_fitting([track_input(smpl, pred, 5)], scene.cameras, smpl, scene.fps, 1).fits[0]
+    assert fit.segments.tolist() == [[0, half], [half, NUM_FRAMES]]
+    assert fit.valid.all()
+    err_a = mesh_error_mm(smpl, fit, gt_a["vertices"][:half], np.arange(half))
+    err_b = mesh_error_mm(
+        smpl, fit, gt_b["vertices"][half:] + shift_m, np.arange(half, NUM_FRAMES)
+    )
+    assert err_a <= 16 and err_b <= 16, (err_a, err_b)
+    # Each segment recovered its own person's shape, not a blend.
+    assert np.abs(fit.shape_betas[0] - first.betas).mean() < np.abs(
+        fit.shape_betas[0] - second.betas
+    ).mean()
+    assert np.abs(fit.shape_betas[1] - second.betas).mean() < np.abs(
+        fit.shape_betas[1] - first.betas
+    ).mean()
+
+
+def angle_degrees(a, b) -> float:
+    return float(np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
+
+
+def test_ground_plane_from_all_people(scene, clean_run):
+    ground = clean_run.ground
+    assert ground.found
+    assert angle_degrees(ground.up, scene.up) <= 1.0
+    assert abs(ground.height_mm - scene.ground_height_mm) <= 20
+
+
+def test_ground_plane_survives_one_corrupted_track(smpl, scene):
+    inputs = inputs_for(smpl, scene)
+    rng = np.random.default_rng(3)
+    bad = inputs[2]
+    lift = scene.up * 0.4 + rng.normal(0, 0.1, (len(bad.points_m), 1, 3))
+    inputs[2] = TrackInput(bad.track_id, bad.frame_indices, bad.points_m + lift, bad.uncertainties_m)
+    ground = run_fitting(inputs, scene.cameras, smpl, scene.fps, 1).ground
+    assert angle_degrees(ground.up, scene.up) <= 1.0
+    assert abs(ground.height_mm - scene.ground_height_mm) <= 20
+
+
+def test_frame_doubling_gives_2t_frames_with_middle_frames_between_neighbours(smpl, scene):
+    person = scene.people[0]
+    gappy = type(person)(**{**person.__dict__, "present": person.present.copy()})
+    gappy.present[50:60] = False
+    pred = predictions_for(smpl.body_model, scene, gappy)
+    out = run_fitting([track_input(smpl, pred, 1)], scene.cameras, smpl, scene.fps, 2)
+    fit = out.fits[0]
+    assert len(fit.valid) == 2 * NUM_FRAMES and len(out.viewer) == 2 * NUM_FRAMES
+    even, odd = fit.valid[0::2], fit.valid[1:-1:2]
+    np.testing.assert_array_equal(odd, even[:-1] & even[1:])
+    mids = np.flatnonzero(odd)
+    mean = 0.5 * (fit.joints[2 * mids] + fit.joints[2 * mids + 2])
+    assert np.linalg.norm(fit.joints[2 * mids + 1] - mean, axis=-1).mean() < 0.01
+    assert fit.valid[-1] == fit.valid[-2]
