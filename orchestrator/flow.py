@@ -70,7 +70,7 @@ def process_video(params: VideoParams) -> RunSummary:
     cameras = None
     pose = stage_tasks.estimate_poses(params, ingest, tracking, cameras, probe)
     outcomes.append(pose)
-    fitting = stage_tasks.fit_bodies(params, pose, tracking, cameras, fps_factor, probe)
+    fitting = stage_tasks.fit_bodies(params, pose, cameras, fps_factor, probe)
     outcomes.append(fitting)
 
     summary = RunSummary(

@@ -208,7 +208,6 @@ def estimate_poses(
 def fit_bodies(
     params: VideoParams,
     pose: StageOutcome,
-    tracking: StageOutcome,
     cameras: StageOutcome | None,
     fps_factor: int,
     probe: ProbeInfo,
@@ -218,8 +217,12 @@ def fit_bodies(
 
     request = fitting_pb2.RunRequest(
         predictions=pose.ref("predictions"),
+        fps=probe.fps,
         fps_factor=fps_factor,
         fov_degrees=params.fov_deg or 0.0,
+        image_width=probe.width,
+        image_height=probe.height,
+        write_preview=True,
         force=params.force,
     )
     if cameras is not None:

@@ -7,6 +7,7 @@ exist, and every manifest of the base and the components validates on its own.
 """
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -99,6 +100,10 @@ def test_base_job_template_is_hardened_and_reads_the_shared_settings() -> None:
     variables = template["variables"]["properties"]
     for placeholder in ("image", "namespace", "env", "command", "name", "labels"):
         assert placeholder in variables
+    used = set(re.findall(r"\{\{ *(\w+) *\}\}", json.dumps(template["job_configuration"])))
+    assert used <= set(variables), f"placeholders without a variable: {used - set(variables)}"
+    # prefect-kubernetes refuses a Job manifest without these two (checked with 0.8.0).
+    assert pod["spec"]["completions"] == 1 and pod["spec"]["parallelism"] == 1
 
 
 def _check_container_hardening(container: dict, where: str) -> None:

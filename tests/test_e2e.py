@@ -202,9 +202,8 @@ def test_many_videos_share_each_gpu_service_one_call_at_a_time(e2e, first_and_se
         )
     spans = sorted((r.start_time, r.end_time) for r in runs if r.start_time and r.end_time)
     assert len(spans) >= 2
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), (
-        "two pose calls overlapped"
-    )
+    overlaps = [(a, b) for a, b in zip(spans, spans[1:], strict=False) if a[1] > b[0]]
+    assert not overlaps, f"pose calls overlapped: {overlaps}"
 
 
 # -- deployment through a real Prefect server, triggered through the API as the UI does -------

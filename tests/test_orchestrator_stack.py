@@ -53,9 +53,9 @@ def test_stack_restarts_a_killed_service_on_its_port_and_stops_cleanly(local_env
 def test_stack_up_state_is_reused_and_stopped_by_down(local_env):
     state_dir = local_env / "state"
     stack = LocalStack(["ingest"], state_dir=state_dir, detach=True)
-    stack.start()
-    stack.write_state()
     try:
+        stack.start()
+        stack.write_state()
         found = running_services(state_dir)
         assert list(found) == ["ingest"]
         assert [r["status"] for r in stack_status(state_dir)] == ["SERVING"]
@@ -63,9 +63,10 @@ def test_stack_up_state_is_reused_and_stopped_by_down(local_env):
             assert reuse.services["ingest"].owned is False
             assert reuse.addresses() == stack.addresses()
         assert health_status(stack.addresses()["ingest"]) == "SERVING", "reused, not stopped"
-    finally:
         assert stop_recorded(state_dir) == ["ingest"]
-    assert stack.services["ingest"].popen.wait(10) == 0
+        assert stack.services["ingest"].popen.wait(10) == 0
+    finally:
+        stack.stop()
     assert running_services(state_dir) == {}
 
 

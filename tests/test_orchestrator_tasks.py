@@ -135,3 +135,26 @@ def test_progress_listeners_get_events_and_cannot_break_the_stage():
         progress.remove_listener(broken)
         progress.remove_listener(seen.append)
     assert [(e.stage, e.done, e.total) for e in seen] == [("pose", 3, 10)]
+
+
+def test_prefect_yaml_deployments_point_at_the_flows():
+    import importlib
+    from pathlib import Path
+
+    import yaml
+    from prefect.flows import Flow
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "prefect.yaml").read_text())
+    names = {d["name"]: d for d in config["deployments"]}
+    assert set(names) == {
+        "process-video-local", "process-videos-local", "process-video-k8s", "process-videos-k8s"
+    }
+    for deployment in names.values():
+        path, func = deployment["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert isinstance(getattr(module, func), Flow)
+        pool = deployment["work_pool"]["name"]
+        assert pool == ("nlfpipe-k8s" if deployment["name"].endswith("k8s") else "nlfpipe-local")
+    flow_lines = (repo / "orchestrator" / "flow.py").read_text().splitlines()
+    assert "from __future__ import annotations" not in flow_lines, "breaks UI-triggered runs"

@@ -175,7 +175,7 @@ class SmplFitter:
         """SMPL joints (n, 24, 3) in metres."""
         out = self.body_model(
             torch.as_tensor(pose, dtype=torch.float32),
-            torch.as_tensor(np.broadcast_to(betas, (len(pose), NUM_BETAS)), dtype=torch.float32),
+            torch.as_tensor(np.tile(betas, (len(pose), 1)), dtype=torch.float32),
             torch.as_tensor(trans, dtype=torch.float32),
             return_vertices=False,
         )

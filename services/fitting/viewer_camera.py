@@ -68,8 +68,8 @@ def viewer_trajectory(
     scale = 1 if fps < 40 else 2
     kernel = trapezoidal_kernel(round(15 * scale), 1 + 2 * round(20 * scale))
 
-    with np.errstate(invalid="ignore"):
-        centre = np.nanmean(np.where(visible[..., None], people_mm, np.nan), axis=1)
+    count = np.maximum(visible.sum(1), 1)[:, None]
+    centre = np.where(visible[..., None], people_mm, 0).sum(1) / count
     centre = _fill_time(centre, anyone)
 
     rot, pos = display.rotation, display.optical_center
@@ -85,8 +85,7 @@ def viewer_trajectory(
     rel = people_mm - centre[:, None]
     depth = np.einsum("tkc,tc->tk", rel, axis)
     lateral = np.linalg.norm(rel - depth[..., None] * axis[:, None], axis=-1) + BODY_RADIUS_MM
-    with np.errstate(invalid="ignore"):
-        needed = np.nanmax(np.where(visible, depth + focal * lateral / half, np.nan), axis=1)
+    needed = np.where(visible, depth + focal * lateral / half, -np.inf).max(axis=1)
     distance = np.interp(np.arange(n), np.flatnonzero(anyone), needed[anyone])
     distance = np.clip(distance, 2000.0, 15000.0)
     view_pos = moving_average_1d(centre - distance[:, None] * axis, kernel)
