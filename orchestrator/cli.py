@@ -212,24 +212,45 @@ def _run_flow(params, args: argparse.Namespace, console) -> int:
     return 0
 
 
+_SUFFIXES = {
+    "video/mp4": ".mp4",
+    "application/json": ".json",
+    "image/png": ".png",
+    "application/x-bodycompress": ".bcz",
+    "application/x-nlfpipe-masks+jsonl+zstd": ".jsonl.zst",
+}
+
+
+def result_file_name(stage: str, output: str, media_type: str) -> str:
+    """`<stage>-<output><suffix>`, the suffix from the media type (`+npz` -> .npz)."""
+    suffix = _SUFFIXES.get(media_type) or (
+        "." + media_type.rsplit("+", 1)[1] if "+" in media_type else ".bin"
+    )
+    return f"{stage}-{output}{suffix}"
+
+
 def export_results(summary, folder: Path) -> Path:
-    """Copies every output of the run from the store into `folder` as <stage>-<name>.<ext>."""
+    """Copies every output of the run from the store into `folder` (see result_file_name)."""
     from orchestrator.stage_tasks import flow_store
 
     store = flow_store()
     folder.mkdir(parents=True, exist_ok=True)
-    for name, uri in summary.outputs().items():
-        key = store.key_from_uri(uri)
-        target = folder / f"{name.replace('.', '-')}{''.join(Path(key).suffixes)}"
-        local = store.local_path(key)
-        if local is not None:
-            shutil.copyfile(local, target)
-        else:
-            store.get_file(key, target)
+    for stage in summary.stages:
+        for name, ref in stage.outputs.items():
+            _export(store, ref.uri, folder / result_file_name(stage.stage, name, ref.media_type))
     if summary.summary_uri:
         key = store.key_from_uri(summary.summary_uri)
         (folder / "summary.json").write_bytes(store.get_bytes(key))
     return folder
+
+
+def _export(store, uri: str, target: Path) -> None:
+    key = store.key_from_uri(uri)
+    local = store.local_path(key)
+    if local is not None:
+        shutil.copyfile(local, target)
+    else:
+        store.get_file(key, target)
 
 
 def print_summary(summary, folder: Path, console) -> None:

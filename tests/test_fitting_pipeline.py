@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.fitting.pipeline import FittingParams, TrackInput, run_fitting
+from services.fitting.pipeline import TrackInput, run_fitting
 from services.fitting.smpl_fit import SmplFitter
 from services.fitting.synthetic_body_model import write_synthetic_smpl
 from tests.support.scenes import Noise, make_scene, predictions_for, truth
@@ -120,8 +120,9 @@ def test_a_2m_jump_splits_the_track_with_a_shape_per_segment(smpl, scene):
     direction = np.cross(scene.up, [0.0, 0.0, 1.0])
     direction /= np.linalg.norm(direction)
     shift_m = pelvis_a + 2.0 * direction - pelvis_b
+    shift = {"vertices": shift_m * 1000, "joints": shift_m * 1000}
     pred = {
-        k: np.concatenate([a[k][:half], b[k][half:] + (shift_m * 1000 if k in ("vertices", "joints") else 0)])
+        k: np.concatenate([a[k][:half], b[k][half:] + shift.get(k, 0)])
         for k in ("vertices", "joints", "vertex_uncertainties", "joint_uncertainties")
     }
     pred["frame_indices"] = np.arange(NUM_FRAMES)
@@ -143,7 +144,8 @@ def test_a_2m_jump_splits_the_track_with_a_shape_per_segment(smpl, scene):
 
 
 def angle_degrees(a, b) -> float:
-    return float(np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
+    cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    return float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
 
 
 def test_ground_plane_from_all_people(scene, clean_run):
@@ -158,7 +160,9 @@ def test_ground_plane_survives_one_corrupted_track(smpl, scene):
     rng = np.random.default_rng(3)
     bad = inputs[2]
     lift = scene.up * 0.4 + rng.normal(0, 0.1, (len(bad.points_m), 1, 3))
-    inputs[2] = TrackInput(bad.track_id, bad.frame_indices, bad.points_m + lift, bad.uncertainties_m)
+    inputs[2] = TrackInput(
+        bad.track_id, bad.frame_indices, bad.points_m + lift, bad.uncertainties_m
+    )
     ground = run_fitting(inputs, scene.cameras, smpl, scene.fps, 1).ground
     assert angle_degrees(ground.up, scene.up) <= 1.0
     assert abs(ground.height_mm - scene.ground_height_mm) <= 20

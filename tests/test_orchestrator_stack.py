@@ -113,3 +113,25 @@ def test_cli_refuses_a_bad_parameter_before_starting_anything(tmp_path, capsys):
     assert cli._run(args) == 2
     assert "static_camera" in capsys.readouterr().err
     assert not (tmp_path / "s").exists(), "nothing may start for an invalid run"
+
+
+def test_result_files_are_named_by_stage_output_and_media_type():
+    assert cli.result_file_name("fitting", "fits", "application/x-nlfpipe-fits+npz") == (
+        "fitting-fits.npz"
+    )
+    assert cli.result_file_name("ingest", "video", "video/mp4") == "ingest-video.mp4"
+    assert cli.result_file_name("tracking", "candidates_preview", "image/png").endswith(".png")
+    assert cli.result_file_name("x", "y", "application/octet-stream") == "x-y.bin"
+
+
+def test_missing_models_stop_the_start_with_the_files_and_fetch_commands(local_env):
+    env = {**os.environ, "NLFPIPE_MODEL_CACHE": str(local_env / "empty-cache")}
+    stack = LocalStack(["pose", "fitting"], env=env, state_dir=local_env / "state")
+    with pytest.raises(ModelsMissing) as info:
+        stack.start()
+    message = str(info.value)
+    assert set(info.value.reasons) == {"pose", "fitting"}
+    assert "nlf_l_multi_0.3.2.torchscript" in message
+    assert "`nlfpipe models fetch nlf-l`" in message
+    assert "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl" in message
+    assert all(s.popen.poll() is not None for s in stack.services.values()), "services stopped"

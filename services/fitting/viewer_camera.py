@@ -118,8 +118,10 @@ def viewer_trajectory(
         )
     limit = np.where(visible & (cam[..., 2] > 0) & (w[:, None] > 0), limit, np.inf)
     zoom = np.minimum(1.0, limit.min(axis=1))
+    # Min-filter then average over the same width: never above what any frame needs.
     width_k = len(kernel)
-    zoom = uniform_filter1d(minimum_filter1d(zoom, width_k, mode="nearest"), width_k, mode="nearest")
+    zoom = minimum_filter1d(zoom, width_k, mode="nearest")
+    zoom = uniform_filter1d(zoom, width_k, mode="nearest")
     zoom = 1 - w * (1 - zoom)
     k_out[:, 0, 0] *= zoom
     k_out[:, 1, 1] *= zoom
