@@ -3,6 +3,7 @@
 import argparse
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -165,6 +166,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from orchestrator.stack import LocalStack, StackError
 
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
     started = time.monotonic()
     stack = LocalStack(required_stages(params), state_dir=args.state_dir)
     try:
@@ -191,12 +195,19 @@ def _run(args: argparse.Namespace) -> int:
         stack.stop()
 
 
+def _interrupt(signum, _frame) -> None:
+    """SIGTERM (and SIGINT where it was ignored) stop a run like Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _run_flow(params, args: argparse.Namespace, console) -> int:
     from orchestrator.flow import process_video
     from orchestrator.progress import TerminalProgress
 
     if not os.environ.get("PREFECT_API_URL"):
         console.print("starting Prefect (ephemeral mode; the first run migrates its database)")
+        # One flow in this process and services of its own: no GPU admission to wait for.
+        os.environ.setdefault("NLFPIPE_GPU_ADMISSION", "0")
     with TerminalProgress(console):
         state = process_video(params, return_state=True)
     if not state.is_completed():

@@ -26,7 +26,7 @@ from orchestrator.params import (
     validate_params,
 )
 from orchestrator.summary import RunSummary, markdown, people_in
-from orchestrator.tasks import GPU_STAGES, GPU_TAG_PREFIX
+from orchestrator.tasks import GPU_STAGES, GPU_TAG_PREFIX, admitted
 
 
 class SubjectChoice(RunInput):
@@ -59,16 +59,18 @@ def process_video(params: VideoParams) -> RunSummary:
 
     selection = params.subjects
     if selection.in_ui:
-        preview = stage_tasks.preview_candidates(params, ingest, init_frame)
-        outcomes.append(preview)
+        preview = admitted(stage_tasks.preview_candidates, "tracking")(params, ingest, init_frame)
+        outcomes.append(preview.model_copy(update={"stage": "tracking-preview"}))
         selection = _ask_for_subjects(preview)
 
-    tracking = stage_tasks.track_people(params, ingest, init_frame, selection, probe)
+    tracking = admitted(stage_tasks.track_people, "tracking")(
+        params, ingest, init_frame, selection, probe
+    )
     outcomes.append(tracking)
     # The moving-camera path (semseg concurrently with tracking, then slam) and the video
     # frame doubling (concurrently with pose) plug in here as one task each.
     cameras = None
-    pose = stage_tasks.estimate_poses(params, ingest, tracking, cameras, probe)
+    pose = admitted(stage_tasks.estimate_poses, "pose")(params, ingest, tracking, cameras, probe)
     outcomes.append(pose)
     fitting = stage_tasks.fit_bodies(params, pose, cameras, fps_factor, probe)
     outcomes.append(fitting)

@@ -176,6 +176,7 @@ class LocalStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=None if self.detach else _stop_with_parent,
             )
         bound = _read_port(port_file, popen, log_path, timeout_s=self.startup_timeout_s)
         return ServiceProcess(
@@ -244,6 +245,15 @@ class LocalStack:
         }
         path.write_text(json.dumps(state, indent=2))
         return path
+
+
+def _stop_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies (even by SIGKILL), so no service is orphaned."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _read_port(port_file: Path, popen: subprocess.Popen, log_path: Path, timeout_s: float) -> int:

@@ -85,11 +85,27 @@ def stage_deadline_s(stage: str, video_seconds: float = 0.0) -> float:
 
 
 def stage_tags(stage: str) -> list[str]:
-    """Prefect tags of a stage's task runs; GPU stages get the admission tag."""
-    tags = ["nlfpipe", f"stage:{stage}"]
-    if stage in GPU_STAGES:
-        tags.append(GPU_TAG_PREFIX + stage)
-    return tags
+    """Admission tags of a stage's task runs: `nlfpipe-gpu-<stage>` for GPU stages.
+
+    Only tags that carry a concurrency limit are set: every tagged task run costs a slot
+    request to the Prefect server (up to seconds with the ephemeral SQLite server under load).
+    """
+    return [GPU_TAG_PREFIX + stage] if stage in GPU_STAGES else []
+
+
+def gpu_admission_enabled() -> bool:
+    """`NLFPIPE_GPU_ADMISSION` (default on); `nlfpipe run` turns it off in ephemeral mode."""
+    return os.environ.get("NLFPIPE_GPU_ADMISSION", "1").strip().lower() not in (
+        "0", "false", "no", "off"
+    )  # fmt: skip
+
+
+def admitted(stage_task_fn, stage: str):
+    """The stage task with its GPU admission tag when admission is on, else as it is."""
+    tags = stage_tags(stage)
+    if tags and gpu_admission_enabled():
+        return stage_task_fn.with_options(tags=tags)
+    return stage_task_fn
 
 
 @dataclass
@@ -187,10 +203,9 @@ def call_stage_rpc(
 
 
 def stage_task(stage: str):
-    """Decorates a stage-call function as a Prefect task with the stage's retries and tags."""
+    """Decorates a stage-call function as a Prefect task with the stage's retries (see admitted)."""
     return task(
         name=stage,
-        tags=stage_tags(stage),
         retries=STAGE_RETRIES,
         retry_delay_seconds=RETRY_DELAYS_S,
         retry_jitter_factor=0.2,

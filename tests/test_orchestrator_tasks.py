@@ -84,8 +84,8 @@ def test_address_deadline_and_tags(monkeypatch):
     assert stage_deadline_s("pose", video_seconds=20) == pytest.approx(600 + 20 * 60)
     monkeypatch.setenv("NLFPIPE_POSE_DEADLINE_S", "42")
     assert stage_deadline_s("pose", video_seconds=20) == 42
-    assert GPU_TAG_PREFIX + "pose" in stage_tags("pose")
-    assert not any(t.startswith(GPU_TAG_PREFIX) for t in stage_tags("fitting"))
+    assert stage_tags("pose") == [GPU_TAG_PREFIX + "pose"]
+    assert stage_tags("fitting") == []
 
 
 def test_outcome_keeps_references_and_summary():
@@ -158,3 +158,29 @@ def test_prefect_yaml_deployments_point_at_the_flows():
         assert pool == ("nlfpipe-k8s" if deployment["name"].endswith("k8s") else "nlfpipe-local")
     flow_lines = (repo / "orchestrator" / "flow.py").read_text().splitlines()
     assert "from __future__ import annotations" not in flow_lines, "breaks UI-triggered runs"
+
+
+def test_batch_sources_from_a_list_a_folder_and_a_store_prefix(tmp_path, monkeypatch):
+    from orchestrator.params import ParameterError
+    from orchestrator.stage_tasks import flow_store, list_videos
+
+    monkeypatch.setenv("NLFPIPE_STORE", "local")
+    monkeypatch.setenv("NLFPIPE_STORE_ROOT", str(tmp_path / "store"))
+    folder = tmp_path / "videos"
+    (folder / "day2").mkdir(parents=True)
+    for name in ("a.mp4", "day2/b.MOV", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    store = flow_store()
+    for key in ("uploads/c.mp4", "uploads/d.txt", "other/e.mp4"):
+        store.put_bytes(key, b"x", "video/mp4")
+    sources = list_videos(["dQw4w9WgXcQ"], str(folder), "uploads/")
+    assert sources == [
+        "dQw4w9WgXcQ",
+        str(folder / "a.mp4"),
+        str(folder / "day2" / "b.MOV"),
+        store.uri("uploads/c.mp4"),
+    ]
+    with pytest.raises(ParameterError, match="folder"):
+        list_videos([], str(tmp_path / "nope"), None)
+    with pytest.raises(ParameterError, match="no videos"):
+        list_videos([], None, None)

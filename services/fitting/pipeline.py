@@ -27,7 +27,13 @@ from services.common.formats.cameras import CameraTrack
 from services.fitting import robust_filter as rf
 from services.fitting.doubling import double_cameras, double_frames
 from services.fitting.ground import GroundPlane, fit_ground
-from services.fitting.smpl_fit import FOOT_JOINTS, NUM_JOINTS, FitSettings, SmplFitter
+from services.fitting.smpl_fit import (
+    FOOT_JOINTS,
+    NUM_JOINTS,
+    FitSettings,
+    SmplFitter,
+    torch_compute,
+)
 from services.fitting.viewer_camera import viewer_trajectory
 
 
@@ -277,10 +283,11 @@ def run_fitting(
     cam_m = cameras.optical_center / 1000.0
     fitter = TrackFitter(smpl, params, fps, fps_factor)
     fits = []
-    for track in tracks:
-        fits.append(fitter.fit(track, cam_m, num_frames))
-        if on_track:
-            on_track(track.track_id)
+    with torch_compute(params.fit.torch_threads):
+        for track in tracks:
+            fits.append(fitter.fit(track, cam_m, num_frames))
+            if on_track:
+                on_track(track.track_id)
 
     feet = [f.joints[f.valid][:, FOOT_JOINTS].reshape(-1, 3) * 1000 for f in fits]
     ground = fit_ground(

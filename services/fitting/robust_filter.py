@@ -81,38 +81,71 @@ def robust_smooth(
     kernel: np.ndarray,
     eps: float,
     n_iter: int = 10,
+    block: int = 128,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Moving geometric median of one segment.
 
     x: (T, P, 3) points, w: (T, P) prior weights (0 = missing). Returns (y, w_out): the
     estimates (T, P, 3), NaN where the window holds no data, and the propagated confidence
-    w_out = M(w, w') (T, P), 0 where the window holds no data.
+    w_out = M(w, w') (T, P), 0 where the window holds no data. Points are independent, so
+    they are filtered in blocks of `block` points (the working set stays in the cache).
     """
     kernel = np.asarray(kernel, np.float32)
-    x = np.where(np.isfinite(x), x, 0).astype(np.float32, copy=False)
-    w = np.where(np.isfinite(w) & (w > 0), w, 0).astype(np.float32, copy=False)
+    y = np.empty(x.shape, np.float32)
+    w_out = np.empty(w.shape, np.float32)
+    for start in range(0, x.shape[1], block):
+        part = slice(start, start + block)
+        y[:, part], w_out[:, part] = _smooth_block(x[:, part], w[:, part], kernel, eps, n_iter)
+    return y, w_out
+
+
+def _smooth_block(
+    x: np.ndarray, w: np.ndarray, kernel: np.ndarray, eps: float, n_iter: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`robust_smooth` of a block of points."""
     centre = kernel[len(kernel) // 2]
+    w = np.where(np.isfinite(w) & (w > 0), w, 0).astype(np.float32, copy=False)
+    # Coordinate-major (T, 3, P): every per-point operation runs on contiguous planes.
+    xt = np.ascontiguousarray(np.moveaxis(np.where(np.isfinite(x), x, 0), -1, 1), np.float32)
+    weighted = np.empty((len(xt), 4, *w.shape[1:]), np.float32)  # w'x, w'y, w'z, w'
     w_cur = w
-    y = None
     for it in range(n_iter + 1):
-        wx = w_cur[..., None] * x
-        num = moving_sum(wx, kernel)
-        den = moving_sum(w_cur, kernel)
+        np.multiply(w_cur[:, None], xt, out=weighted[:, :3])
+        weighted[:, 3] = w_cur
+        sums = moving_sum(weighted, kernel)
+        num, den = sums[:, :3], sums[:, 3]
         has = den > 0
-        y = num / np.where(has, den, 1)[..., None]
         if it == n_iter:
             break
-        # Leave-one-out reference: the estimate at s without frame s's own contribution.
-        loo_den = den - centre * w_cur
-        loo_ok = loo_den > 1e-6 * np.maximum(den, 1e-30)
-        loo = (num - centre * wx) / np.where(loo_ok, loo_den, 1)[..., None]
-        ref = np.where(loo_ok[..., None], loo, y)
-        dist = np.linalg.norm(x - ref, axis=-1)
-        w_cur = w / (dist + eps)
-    w_out = moving_sum(w * w_cur, kernel) / np.where(has, den, 1)
+        w_cur = w / (_distance_to_leave_one_out(xt, weighted, num, den, centre, has) + eps)
+    safe_den = np.where(has, den, 1)
+    y = np.moveaxis(num / safe_den[:, None], 1, -1)
     y[~has] = np.nan
+    w_out = moving_sum(w * w_cur, kernel) / safe_den
     w_out[~has] = 0
     return y, w_out
+
+
+def _distance_to_leave_one_out(
+    xt: np.ndarray,
+    weighted: np.ndarray,
+    num: np.ndarray,
+    den: np.ndarray,
+    centre: float,
+    has: np.ndarray,
+) -> np.ndarray:
+    """(T, P) distance of each point to the estimate at its frame from the other frames of the
+    window (the full estimate where the frame holds all of the window's weight).
+
+    xt: (T, 3, P) points; weighted: (T, 4, P) their weighted coordinates and weights; num, den:
+    the moving sums of those. `num` is overwritten.
+    """
+    loo_den = den - centre * weighted[:, 3]
+    loo_ok = loo_den > 1e-6 * np.maximum(den, 1e-30)
+    num -= (centre * loo_ok)[:, None] * weighted[:, :3]
+    ref = num / np.where(loo_ok, loo_den, np.where(has, den, 1))[:, None]
+    ref -= xt
+    return np.sqrt(np.einsum("tcp,tcp->tp", ref, ref))
 
 
 def smooth_segments(

@@ -11,6 +11,8 @@ toward the mean shape.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,22 @@ class FitSettings:
     beta_regularizer2: float = 0.0  # per segment, on betas 0..1
     scale_regularizer: float = 1.0  # per frame, on the preliminary scale
     shape_frames: int = 64  # frames of the subsample the shared shape is solved on
+    # torch intra-op threads: the fits are many small ops, where more threads only add
+    # synchronization (2 threads cost 2-3x the CPU time of 1 on a busy 2-core machine)
+    torch_threads: int = 1
+
+
+@contextmanager
+def torch_compute(threads: int) -> Iterator[None]:
+    """torch inference mode with `threads` intra-op threads for the block (the previous thread
+    count is restored after it)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class SmplFitter:

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torchvision.models.segmentation import deeplabv3_resnet101
 
+from services.tracking.stcn_network import IMAGENET_MEAN, IMAGENET_STD
+
 VOC_PERSON = 15
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_deeplabv3() -> torch.nn.Module:
