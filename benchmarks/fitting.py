@@ -21,8 +21,13 @@ from services.fitting.pipeline import run_fitting  # noqa: E402
 from services.fitting.service import read_tracks  # noqa: E402
 from services.fitting.smpl_fit import SmplFitter  # noqa: E402
 from services.fitting.synthetic_body_model import write_synthetic_smpl  # noqa: E402
-from tests.support.scenes import Noise, make_scene, predictions_for, truth  # noqa: E402
-from tests.test_fitting_service import write_predictions  # noqa: E402
+from tests.support.scenes import (  # noqa: E402
+    Noise,
+    make_scene,
+    predictions_for,
+    truth,
+    write_predictions,
+)
 
 
 def main() -> None:

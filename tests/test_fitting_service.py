@@ -4,7 +4,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from nlfpipe.fitting.v1 import fitting_pb2, fitting_pb2_grpc
@@ -13,14 +12,13 @@ from services.common.errors import ModelNotReady
 from services.common.formats.cameras import CameraTrack
 from services.common.formats.fits import load_fits
 from services.common.formats.ground import load_ground
-from services.common.formats.predictions import FrameCamera, PredictionFrame, PredictionsWriter
 from services.common.server import artifact_to_proto
 from services.common.settings import load_settings
 from services.common.store import S3Store
 from services.fitting.service import BodyModels
 from services.fitting.synthetic_body_model import write_synthetic_smpl
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, s3_env
-from tests.support.scenes import make_scene, predictions_for
+from tests.support.scenes import make_scene, predictions_for, write_predictions
 from tests.support.services import start_service
 
 BUCKET = "fitting-service-test"
@@ -46,29 +44,6 @@ def stub(s3_endpoint, s3, model_cache) -> Iterator[fitting_pb2_grpc.FittingServi
         channel = open_channel(address)
         yield fitting_pb2_grpc.FittingServiceStub(channel)
         channel.close()
-
-
-def write_predictions(path: Path, cameras: CameraTrack, per_track: dict, num_frames: int):
-    """per_track: track id -> predictions_for(...) dict."""
-    cams = [FrameCamera(cameras.intrinsics[t], cameras.rotation[t], cameras.optical_center[t])
-            for t in range(num_frames)]
-    with PredictionsWriter(path, num_frames=num_frames, num_vertices=6890, num_joints=24) as w:
-        for t in range(num_frames):
-            rows = [(tid, list(p["frame_indices"]).index(t)) for tid, p in per_track.items()
-                    if t in p["frame_indices"]]
-
-            def stack(name, rows=rows, shape=()):
-                return np.stack([per_track[tid][name][i] for tid, i in rows]) if rows else \
-                    np.zeros((0, *shape), np.float32)
-
-            w.append(PredictionFrame(
-                t, np.array([tid for tid, _ in rows], np.int64),
-                np.tile([10, 10, 50, 100], (len(rows), 1)).astype(np.float32),
-                np.ones(len(rows), np.float32),
-                stack("vertices", shape=(6890, 3)), stack("joints", shape=(24, 3)),
-                stack("vertex_uncertainties", shape=(6890,)),
-                stack("joint_uncertainties", shape=(24,)), cams[t],
-            ))
 
 
 @pytest.fixture(scope="module")

@@ -115,25 +115,26 @@ def validate(request: fitting_pb2.RunRequest) -> dict:
 def read_tracks(path: Path, vertex_subset: np.ndarray) -> tuple[int, list[TrackInput]]:
     """The predictions file as per-track arrays of the fitted points (subset vertices + joints,
     metres) and their uncertainties; refuses empty files, NaN/inf and one-frame tracks."""
-    reader = PredictionsReader(path)
+    reader = PredictionsReader(path, vertex_subset)
     parts: dict[int, dict[str, list]] = {}
     for frame in reader:
-        for row, track_id in enumerate(frame.track_ids.tolist()):
-            if track_id == UNTRACKED:
-                continue
-            points = np.concatenate([frame.vertices[row, vertex_subset], frame.joints[row]])
-            unc = np.concatenate(
-                [frame.vertex_uncertainties[row, vertex_subset], frame.joint_uncertainties[row]]
+        rows = np.flatnonzero(frame.track_ids != UNTRACKED)
+        points = np.concatenate([frame.vertices[rows], frame.joints[rows]], axis=1)
+        unc = np.concatenate(
+            [frame.vertex_uncertainties[rows], frame.joint_uncertainties[rows]], axis=1
+        )
+        finite = np.isfinite(points).all(axis=(1, 2)) & np.isfinite(unc).all(axis=1)
+        if not finite.all():
+            raise InvalidInput(
+                f"predictions: frame {frame.frame_index}, track "
+                f"{frame.track_ids[rows[~finite][0]]} has NaN or infinite values; re-run the "
+                "pose stage"
             )
-            if not (np.isfinite(points).all() and np.isfinite(unc).all()):
-                raise InvalidInput(
-                    f"predictions: frame {frame.frame_index}, track {track_id} has NaN or "
-                    "infinite values; re-run the pose stage"
-                )
+        for k, track_id in enumerate(frame.track_ids[rows].tolist()):
             part = parts.setdefault(track_id, {"frames": [], "points": [], "unc": []})
             part["frames"].append(frame.frame_index)
-            part["points"].append(points / 1000)
-            part["unc"].append(unc)
+            part["points"].append(points[k])
+            part["unc"].append(unc[k])
     if not parts:
         raise InvalidInput("predictions: no tracked person in any frame; nothing to fit")
     short = [tid for tid, part in parts.items() if len(part["frames"]) < 2]
@@ -143,10 +144,10 @@ def read_tracks(path: Path, vertex_subset: np.ndarray) -> tuple[int, list[TrackI
             "frames to be smoothed and fitted (drop them in the tracking stage)"
         )
     tracks = [
-        TrackInput(tid, np.asarray(p["frames"]), np.stack(p["points"]).astype(np.float32),
-                   np.stack(p["unc"]).astype(np.float32))
+        TrackInput(tid, np.asarray(p["frames"]), np.stack(p["points"]) / np.float32(1000),
+                   np.stack(p["unc"]))
         for tid, p in sorted(parts.items())
-    ]
+    ]  # fmt: skip
     return reader.num_frames, tracks
 
 

@@ -9,12 +9,14 @@ frames shifted by a fixed distance, and per-frame scale jitter about the camera 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
 from services.common.formats.cameras import CameraTrack, intrinsics_from_fov
+from services.common.formats.predictions import FrameCamera, PredictionFrame, PredictionsWriter
 
 WORLD_UP = np.array([0.0, -1.0, 0.0])
 
@@ -192,3 +194,43 @@ def predictions_for(
         "vertex_uncertainties": vert_unc.astype(np.float32),
         "joint_uncertainties": joint_unc.astype(np.float32),
     }
+
+
+def write_predictions(
+    path: Path, cameras: CameraTrack, per_track: dict[int, dict[str, np.ndarray]], num_frames: int
+) -> None:
+    """A predictions file of `per_track` (track id -> `predictions_for(...)` dict) seen by
+    `cameras`; a frame where no track is present gets an empty record."""
+    row_of = {
+        tid: {int(t): i for i, t in enumerate(p["frame_indices"])} for tid, p in per_track.items()
+    }
+    with PredictionsWriter(path, num_frames=num_frames, num_vertices=6890, num_joints=24) as w:
+        for t in range(num_frames):
+            rows = [(tid, row_of[tid][t]) for tid in per_track if t in row_of[tid]]
+            w.append(_prediction_frame(t, rows, per_track, cameras))
+
+
+def _prediction_frame(
+    t: int,
+    rows: list[tuple[int, int]],
+    per_track: dict[int, dict[str, np.ndarray]],
+    cameras: CameraTrack,
+) -> PredictionFrame:
+    """Frame t's record of the (track id, row in that track's predictions) pairs `rows`."""
+
+    def stack(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if not rows:
+            return np.zeros((0, *shape), np.float32)
+        return np.stack([per_track[tid][name][i] for tid, i in rows])
+
+    return PredictionFrame(
+        t,
+        np.array([tid for tid, _ in rows], np.int64),
+        np.tile(np.float32([10, 10, 50, 100]), (len(rows), 1)),
+        np.ones(len(rows), np.float32),
+        stack("vertices", (6890, 3)),
+        stack("joints", (24, 3)),
+        stack("vertex_uncertainties", (6890,)),
+        stack("joint_uncertainties", (24,)),
+        FrameCamera(cameras.intrinsics[t], cameras.rotation[t], cameras.optical_center[t]),
+    )

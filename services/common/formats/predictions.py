@@ -241,9 +241,13 @@ def _read_first_object(f, backend, max_input: int):
 
 
 class PredictionsReader:
-    """Reads a predictions file; iterate for ``PredictionFrame`` records in frame order."""
+    """Reads a predictions file; iterate for ``PredictionFrame`` records in frame order.
 
-    def __init__(self, path: Path):
+    With ``vertex_subset`` (indices into the body model's vertices) the records keep only those
+    vertices and their uncertainties, in that order.
+    """
+
+    def __init__(self, path: Path, vertex_subset: np.ndarray | None = None):
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
@@ -276,6 +280,7 @@ class PredictionsReader:
             self._inverse_order = None
         else:
             self._inverse_order = get_inverse_vertex_order(self.num_vertices)
+        self._vertex_index = _vertex_index(self._inverse_order, vertex_subset)
 
     def __len__(self) -> int:
         return self.num_frames
@@ -292,9 +297,9 @@ class PredictionsReader:
     def _frame(self, d: dict) -> PredictionFrame:
         vertices = d["vertices"]
         vertex_unc = d["vertex_uncertainties"]
-        if self._inverse_order is not None:
-            vertices = vertices[..., self._inverse_order, :]
-            vertex_unc = vertex_unc[..., self._inverse_order]
+        if self._vertex_index is not None:
+            vertices = vertices[..., self._vertex_index, :]
+            vertex_unc = vertex_unc[..., self._vertex_index]
         return PredictionFrame(
             frame_index=int(d["frame_index"]),
             track_ids=np.asarray(d["track_ids"], np.int64),
@@ -306,6 +311,17 @@ class PredictionsReader:
             joint_uncertainties=d["joint_uncertainties"].astype(np.float32, copy=False),
             camera=FrameCamera.from_dict(d["camera"]),
         )
+
+
+def _vertex_index(
+    inverse_order: np.ndarray | None, vertex_subset: np.ndarray | None
+) -> np.ndarray | None:
+    """Stored positions of the wanted vertices (all, in body-model order, without a subset);
+    None when the stored order is already the wanted one."""
+    if vertex_subset is None:
+        return inverse_order
+    subset = np.asarray(vertex_subset, np.int64)
+    return subset if inverse_order is None else inverse_order[subset]
 
 
 @dataclass
