@@ -123,3 +123,11 @@ def test_no_person_on_the_init_frame_suggests_another_init_time(tmp_path):
     make_test_video(tmp_path / "empty.mp4", seconds=0.4, width=64, height=48, fps=10, figures=0)
     with pytest.raises(PreconditionFailed, match="no person was found at the init frame 2"):
         track(tmp_path / "empty.mp4", tmp_path)
+
+
+def test_masks_are_never_upscaled_beyond_the_video(video, tmp_path):
+    path, _ = video
+    run = StageRun(tmp_path, {"video": path}, {}, None, None)
+    outputs = compute_tracking(run, TrackingParams(short_side=320), synthetic_backend())
+    masks = read_track_masks(outputs.files["masks"].path)
+    assert (masks.height, masks.width) == (HEIGHT, WIDTH)

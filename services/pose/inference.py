@@ -201,10 +201,6 @@ class MaskBoxes:
                 f"masks: {self.num_frames} frames of masks for a video of {num_frames} frames; "
                 f"were they made from this video?"
             )
-        if mask_w > width or mask_h > height:
-            raise PreconditionFailed(
-                f"masks: {mask_w}x{mask_h} is larger than the video ({width}x{height})"
-            )
         _check_aspect("masks", mask_w, mask_h, width, height)
         self._scale = np.array([width / mask_w, height / mask_h] * 2, np.float64)
         self.empty_masks = 0

@@ -104,7 +104,9 @@ def compute_tracking(
     """Runs tracking on `run.inputs["video"]`; outputs `candidates`, `candidates_preview` and
     (unless preview_only) `masks`."""
     video = Video(run.inputs["video"])
-    shape = working_shape(video.height, video.width, params.short_side)
+    # Never upscale: a larger working size adds compute and no detail.
+    short_side = min(params.short_side, video.height, video.width)
+    shape = working_shape(video.height, video.width, short_side)
     init_index = resolve_init_frame(
         video.num_frames, video.fps, params.init_frame_index, params.init_time_seconds
     )
