@@ -1,10 +1,10 @@
 """Generate the Python gRPC code for every proto under protos/ into gen/ (ignored by git)."""
 
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 from grpc_tools import protoc
-from importlib.resources import files
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
