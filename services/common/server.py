@@ -21,7 +21,7 @@ from nlfpipe.common.v1 import common_pb2
 from services.common import errors
 from services.common.log import RUN_ID_METADATA_KEY, configure_logging, log_event, run_id_var
 from services.common.settings import Settings, load_settings
-from services.common.stagerun import Progress, StageResult
+from services.common.stagerun import Progress, StageResult, run_stage
 from services.common.stages import stage_spec
 from services.common.store import ArtifactInfo, ArtifactStore, open_store
 
@@ -266,6 +266,25 @@ def stream_stage(
     if "error" in outcome:
         raise outcome["error"]
     yield response_cls(result=outcome["result"])
+
+
+def stream_cached_run(
+    context,
+    response_cls,
+    store: ArtifactStore,
+    to_result: Callable[[StageResult], Any],
+    **run_kwargs: Any,
+) -> Iterator[Any]:
+    """Streams one `run_stage` call (cached or computed); `to_result` builds the RunResult.
+
+    `run_kwargs` are those of `run_stage` except the store, progress and cancellation.
+    """
+
+    def work(on_progress: Callable[[Progress], None], cancel: threading.Event) -> Any:
+        result = run_stage(store, on_progress=on_progress, cancel=cancel, **run_kwargs)
+        return to_result(result)
+
+    yield from stream_stage(context, response_cls, work)
 
 
 def artifact_to_proto(info: ArtifactInfo) -> common_pb2.ArtifactRef:

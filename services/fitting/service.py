@@ -18,9 +18,14 @@ from services.common.formats import fits as fits_format
 from services.common.formats import ground as ground_format
 from services.common.formats.cameras import CameraTrack
 from services.common.formats.predictions import UNTRACKED, PredictionsReader
-from services.common.server import StageService, artifact_to_proto, stream_stage, summary_to_proto
+from services.common.server import (
+    StageService,
+    artifact_to_proto,
+    stream_cached_run,
+    summary_to_proto,
+)
 from services.common.settings import Settings
-from services.common.stagerun import OutputFile, StageOutputs, StageRun, run_stage
+from services.common.stagerun import OutputFile, StageOutputs, StageResult, StageRun
 from services.common.store import ArtifactStore
 from services.fitting.pipeline import FittingParams, TrackInput, run_fitting
 from services.fitting.preview import write_preview
@@ -192,11 +197,20 @@ def compute_fits(run: StageRun, smpl: SmplFitter) -> StageOutputs:
         fits_path = run.workdir / "fits.npz"
         fits_format.save_fits(
             fits_path,
-            [fits_format.TrackFits(f.track_id, f.pose_rotvecs, f.trans, f.shape_betas,
-                                   f.segments, f.scale, f.valid) for f in out.fits],
-            {"fps": p["fps"] * p["fps_factor"], "fps_factor": p["fps_factor"],
-             "num_frames": num_frames * p["fps_factor"], "body_model": p["body_model"],
-             "gender": p["gender"], "units": {"trans": "m", "pose_rotvecs": "rad"}},
+            [
+                fits_format.TrackFits(
+                    f.track_id, f.pose_rotvecs, f.trans, f.shape_betas, f.segments, f.scale, f.valid
+                )
+                for f in out.fits
+            ],
+            {
+                "fps": p["fps"] * p["fps_factor"],
+                "fps_factor": p["fps_factor"],
+                "num_frames": num_frames * p["fps_factor"],
+                "body_model": p["body_model"],
+                "gender": p["gender"],
+                "units": {"trans": "m", "pose_rotvecs": "rad"},
+            },
         )
         files["fits"] = OutputFile(fits_path, fits_format.MEDIA_TYPE)
         g = out.ground
@@ -209,15 +223,24 @@ def compute_fits(run: StageRun, smpl: SmplFitter) -> StageOutputs:
             files[name] = OutputFile(path, cameras_format.MEDIA_TYPE)
         if p["write_preview"]:
             preview = run.workdir / "preview.png"
-            write_preview(preview, {f.track_id: f.joints[:, 0] * 1000 for f in out.fits},
-                          out.display.optical_center, out.viewer.optical_center, g.up)
+            write_preview(
+                preview,
+                {f.track_id: f.joints[:, 0] * 1000 for f in out.fits},
+                out.display.optical_center,
+                out.viewer.optical_center,
+                g.up,
+            )
             files["preview"] = OutputFile(preview, "image/png")
     invalid = sum(int((~f.valid).sum()) for f in out.fits)
     return StageOutputs(
         files=files,
-        counts={"tracks": len(out.fits), "frames": num_frames * p["fps_factor"],
-                "segments": sum(len(f.segments) for f in out.fits), "invalid_frames": invalid,
-                "ground_inliers": g.inliers},
+        counts={
+            "tracks": len(out.fits),
+            "frames": num_frames * p["fps_factor"],
+            "segments": sum(len(f.segments) for f in out.fits),
+            "invalid_frames": invalid,
+            "ground_inliers": g.inliers,
+        },
     )
 
 
@@ -235,16 +258,23 @@ class FittingServicer(fitting_pb2_grpc.FittingServiceServicer):
         if request.HasField("cameras"):
             inputs["cameras"] = request.cameras
 
-        def work(on_progress, cancel):
-            result = run_stage(
-                self.store, stage="fitting", version=VERSION, inputs=inputs, params=params,
-                compute=partial(compute_fits, smpl=smpl), force=request.force,
-                on_progress=on_progress, cancel=cancel,
-            )
-            refs = {name: artifact_to_proto(info) for name, info in result.outputs.items()}
-            return fitting_pb2.RunResult(summary=summary_to_proto(result), **refs)
+        yield from stream_cached_run(
+            context,
+            fitting_pb2.RunResponse,
+            self.store,
+            _result_to_proto,
+            stage="fitting",
+            version=VERSION,
+            inputs=inputs,
+            params=params,
+            compute=partial(compute_fits, smpl=smpl),
+            force=request.force,
+        )
 
-        yield from stream_stage(context, fitting_pb2.RunResponse, work)
+
+def _result_to_proto(result: StageResult) -> fitting_pb2.RunResult:
+    refs = {name: artifact_to_proto(info) for name, info in result.outputs.items()}
+    return fitting_pb2.RunResult(summary=summary_to_proto(result), **refs)
 
 
 def build(settings: Settings, store: ArtifactStore) -> StageService:

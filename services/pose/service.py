@@ -15,11 +15,11 @@ from services.common.formats.predictions import MEDIA_TYPE
 from services.common.server import (
     StageService,
     artifact_to_proto,
-    stream_stage,
+    stream_cached_run,
     summary_to_proto,
 )
 from services.common.settings import Settings, resolve_device
-from services.common.stagerun import OutputFile, StageOutputs, StageRun, run_stage
+from services.common.stagerun import OutputFile, StageOutputs, StageResult, StageRun
 from services.common.store import ArtifactStore
 from services.pose.inference import PoseJob, estimate_video
 from services.pose.nlf import InferenceOptions, NlfModel, load_canonical_points, load_torchscript
@@ -114,22 +114,32 @@ def validate(request: pose_pb2.RunRequest, default_model: str) -> dict:
             params["intrinsics"] = [float(v) for v in values]
     if not request.HasField("masks"):
         params.update(
-            suppress_implausible_poses=(request.suppress_implausible_poses
-                                        if request.HasField("suppress_implausible_poses")
-                                        else True),
+            suppress_implausible_poses=(
+                request.suppress_implausible_poses
+                if request.HasField("suppress_implausible_poses")
+                else True
+            ),
             detector_threshold=_fraction(request, "detector_threshold"),
             detector_nms_iou_threshold=_fraction(request, "detector_nms_iou_threshold"),
             max_detections=int(request.max_detections) or -1,
-            detector_flip_aug=(request.detector_flip_aug
-                               if request.HasField("detector_flip_aug") else True),
+            detector_flip_aug=(
+                request.detector_flip_aug if request.HasField("detector_flip_aug") else True
+            ),
         )
     return params
 
 
 def _options(params: dict) -> InferenceOptions:
-    names = ("num_aug", "antialias_factor", "internal_batch_size", "suppress_implausible_poses",
-             "detector_threshold", "detector_nms_iou_threshold", "max_detections",
-             "detector_flip_aug")
+    names = (
+        "num_aug",
+        "antialias_factor",
+        "internal_batch_size",
+        "suppress_implausible_poses",
+        "detector_threshold",
+        "detector_nms_iou_threshold",
+        "max_detections",
+        "detector_flip_aug",
+    )
     return InferenceOptions(**{n: params[n] for n in names if n in params})
 
 
@@ -160,9 +170,13 @@ def compute_poses(run: StageRun, model: LoadedModel) -> StageOutputs:
         run.timings[step] = run.timings.get(step, 0.0) + seconds
     return StageOutputs(
         files={"predictions": OutputFile(output, MEDIA_TYPE)},
-        counts={"frames": summary.frames, "person_frames": summary.person_frames,
-                "tracks": summary.tracks, "empty_masks": summary.empty_masks,
-                "model_calls": summary.model_calls},
+        counts={
+            "frames": summary.frames,
+            "person_frames": summary.person_frames,
+            "tracks": summary.tracks,
+            "empty_masks": summary.empty_masks,
+            "model_calls": summary.model_calls,
+        },
         extra={"model": model.info},
     )
 
@@ -184,18 +198,25 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
             if request.HasField(name):
                 inputs[name] = getattr(request, name)
 
-        def work(on_progress, cancel):
-            result = run_stage(
-                self.store, stage="pose", version=VERSION, inputs=inputs, params=params,
-                compute=partial(compute_poses, model=model), force=request.force,
-                on_progress=on_progress, cancel=cancel,
-            )
-            return pose_pb2.RunResult(
-                predictions=artifact_to_proto(result.outputs["predictions"]),
-                summary=summary_to_proto(result),
-            )
+        yield from stream_cached_run(
+            context,
+            pose_pb2.RunResponse,
+            self.store,
+            _result_to_proto,
+            stage="pose",
+            version=VERSION,
+            inputs=inputs,
+            params=params,
+            compute=partial(compute_poses, model=model),
+            force=request.force,
+        )
 
-        yield from stream_stage(context, pose_pb2.RunResponse, work)
+
+def _result_to_proto(result: StageResult) -> pose_pb2.RunResult:
+    return pose_pb2.RunResult(
+        predictions=artifact_to_proto(result.outputs["predictions"]),
+        summary=summary_to_proto(result),
+    )
 
 
 def build(settings: Settings, store: ArtifactStore) -> StageService:

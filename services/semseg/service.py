@@ -5,9 +5,14 @@ from functools import partial
 import grpc
 
 from nlfpipe.semseg.v1 import semseg_pb2, semseg_pb2_grpc
-from services.common.server import StageService, artifact_to_proto, stream_stage, summary_to_proto
+from services.common.server import (
+    StageService,
+    artifact_to_proto,
+    stream_cached_run,
+    summary_to_proto,
+)
 from services.common.settings import Settings
-from services.common.stagerun import StageResult, run_stage
+from services.common.stagerun import StageResult
 from services.common.store import ArtifactStore
 from services.semseg.backends import backend_name, load_segmenter
 from services.semseg.pipeline import STAGE, VERSION, PersonSegmenter, SemsegParams, compute_semseg
@@ -44,23 +49,20 @@ class SemsegServicer(semseg_pb2_grpc.SemsegServiceServicer):
         params = params_from_request(request)
         segmenter = self.segmenter  # set by load(); the server refuses calls until then
 
-        def work(on_progress, cancel):
-            result = run_stage(
-                self.store,
-                stage=STAGE,
-                version=VERSION,
-                inputs={"video": request.video},
-                params={**params.to_dict(), "backend": self.backend_name},
-                compute=partial(
-                    compute_semseg, params=params, segmenter=segmenter, backend=self.backend_name
-                ),
-                force=request.force,
-                on_progress=on_progress,
-                cancel=cancel,
-            )
-            return result_to_proto(result)
-
-        yield from stream_stage(context, semseg_pb2.RunResponse, work)
+        yield from stream_cached_run(
+            context,
+            semseg_pb2.RunResponse,
+            self.store,
+            result_to_proto,
+            stage=STAGE,
+            version=VERSION,
+            inputs={"video": request.video},
+            params={**params.to_dict(), "backend": self.backend_name},
+            compute=partial(
+                compute_semseg, params=params, segmenter=segmenter, backend=self.backend_name
+            ),
+            force=request.force,
+        )
 
 
 def build(settings: Settings, store: ArtifactStore) -> StageService:

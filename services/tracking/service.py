@@ -5,9 +5,14 @@ from functools import partial
 import grpc
 
 from nlfpipe.tracking.v1 import tracking_pb2, tracking_pb2_grpc
-from services.common.server import StageService, artifact_to_proto, stream_stage, summary_to_proto
+from services.common.server import (
+    StageService,
+    artifact_to_proto,
+    stream_cached_run,
+    summary_to_proto,
+)
 from services.common.settings import Settings
-from services.common.stagerun import StageResult, run_stage
+from services.common.stagerun import StageResult
 from services.common.store import ArtifactStore
 from services.tracking.backends import backend_name, load_backend
 from services.tracking.pipeline import (
@@ -67,21 +72,18 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
         params = params_from_request(request)
         backend = self.backend  # set by load(); the server refuses calls until then
 
-        def work(on_progress, cancel):
-            result = run_stage(
-                self.store,
-                stage=STAGE,
-                version=VERSION,
-                inputs={"video": request.video},
-                params={**params.to_dict(), "backend": backend.name},
-                compute=partial(compute_tracking, params=params, backend=backend),
-                force=request.force,
-                on_progress=on_progress,
-                cancel=cancel,
-            )
-            return result_to_proto(result)
-
-        yield from stream_stage(context, tracking_pb2.RunResponse, work)
+        yield from stream_cached_run(
+            context,
+            tracking_pb2.RunResponse,
+            self.store,
+            result_to_proto,
+            stage=STAGE,
+            version=VERSION,
+            inputs={"video": request.video},
+            params={**params.to_dict(), "backend": backend.name},
+            compute=partial(compute_tracking, params=params, backend=backend),
+            force=request.force,
+        )
 
 
 def build(settings: Settings, store: ArtifactStore) -> StageService:
