@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.fitting.pipeline import TrackInput, run_fitting
+from services.fitting.pipeline import FittingParams, TrackInput, run_fitting
 from services.fitting.smpl_fit import SmplFitter
 from services.fitting.synthetic_body_model import write_synthetic_smpl
 from tests.support.scenes import Noise, make_scene, predictions_for, truth
@@ -182,3 +182,15 @@ def test_frame_doubling_gives_2t_frames_with_middle_frames_between_neighbours(sm
     mean = 0.5 * (fit.joints[2 * mids] + fit.joints[2 * mids + 2])
     assert np.linalg.norm(fit.joints[2 * mids + 1] - mean, axis=-1).mean() < 0.01
     assert fit.valid[-1] == fit.valid[-2]
+
+
+def test_tracks_fitted_in_parallel_equal_tracks_fitted_one_at_a_time(smpl, scene, clean_run):
+    serial = run_fitting(
+        inputs_for(smpl, scene), scene.cameras, smpl, scene.fps, 1, FittingParams(workers=1)
+    )
+    assert FittingParams().workers > 1  # clean_run fitted its tracks in parallel
+    for one, parallel in zip(serial.fits, clean_run.fits, strict=True):
+        assert one.track_id == parallel.track_id
+        for name in ("pose_rotvecs", "trans", "shape_betas", "joints", "valid", "scale"):
+            np.testing.assert_array_equal(getattr(one, name), getattr(parallel, name))
+    assert serial.ground.height_mm == clean_run.ground.height_mm

@@ -1,12 +1,19 @@
 """Unit tests of the fitting algorithms, including regressions for the reference's defects."""
 
+import threading
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 
 from services.common.formats.cameras import CameraTrack, intrinsics_from_fov
+from services.common.formats.predictions import UNTRACKED
 from services.fitting import robust_filter as rf
 from services.fitting.doubling import double_frames
-from services.fitting.pipeline import along_ray_offset
+from services.fitting.pipeline import TrackInput, _fit_tracks, along_ray_offset
+from services.fitting.service import read_tracks
 from services.fitting.viewer_camera import look_at, viewer_trajectory
+from tests.support.scenes import write_predictions
 
 
 def test_half_kernels_read_exactly_their_own_side():
@@ -97,3 +104,88 @@ def test_viewer_camera_starts_at_the_original_is_smooth_and_keeps_people_framed(
         for p in people[i][np.isfinite(people[i]).all(1)]:
             u, v = view.project(p, i)
             assert abs(u - 640) <= 0.4 * 1280 and abs(v - 360) <= 0.4 * 720
+
+
+def test_filtering_in_point_blocks_equals_filtering_all_points_at_once():
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (60, 300, 3)).astype(np.float32)
+    w = rng.uniform(0.5, 2, (60, 300)).astype(np.float32)
+    w[20:30, :100] = 0  # missing frames for some points
+    kernel = np.float32(rf.POINT_KERNEL_LOW_FPS)
+    whole = rf.robust_smooth(x, w, kernel, 0.05, block=300)
+    for block in (1, 7, 128):
+        blocked = rf.robust_smooth(x, w, kernel, 0.05, block=block)
+        np.testing.assert_array_equal(blocked[0], whole[0])
+        np.testing.assert_array_equal(blocked[1], whole[1])
+    # No data within the kernel's radius (2) only at frames 22..27 of the first 100 points.
+    empty = np.zeros((60, 300), bool)
+    empty[22:28, :100] = True
+    np.testing.assert_array_equal(np.isnan(whole[0]).any(-1), empty)
+    np.testing.assert_array_equal(whole[1] == 0, empty)
+
+
+class _StubFitter:
+    """Stands in for TrackFitter: track 1 finishes only once track 2 has run beside it."""
+
+    def __init__(self):
+        self.second_ran = threading.Event()
+        self.started: list[int] = []
+
+    def fit(self, track: TrackInput, cam: np.ndarray, num_frames: int) -> SimpleNamespace:
+        self.started.append(track.track_id)
+        if track.track_id == 1 and not self.second_ran.wait(timeout=10):
+            raise TimeoutError("track 2 never ran beside track 1")
+        if track.track_id == 2:
+            self.second_ran.set()
+        return SimpleNamespace(track_id=track.track_id)
+
+
+def _tracks(ids) -> list[TrackInput]:
+    return [TrackInput(k, np.arange(2), np.zeros((2, 1, 3)), np.ones((2, 1))) for k in ids]
+
+
+def test_tracks_run_in_parallel_and_are_reported_in_input_order():
+    reported = []
+    fits = _fit_tracks(_StubFitter(), _tracks([1, 2, 3, 4]), np.zeros((2, 3)), 2, 2,
+                       reported.append)  # fmt: skip
+    assert [f.track_id for f in fits] == reported == [1, 2, 3, 4]
+
+
+def test_a_cancelled_run_starts_no_further_tracks():
+    fitter = _StubFitter()
+
+    def cancel(track_id: int) -> None:
+        raise RuntimeError(f"cancelled after track {track_id}")
+
+    with pytest.raises(RuntimeError, match="cancelled after track 1"):
+        _fit_tracks(fitter, _tracks(range(1, 9)), np.zeros((2, 3)), 2, 2, cancel)
+    assert sorted(fitter.started) == [1, 2]  # the two in flight; nothing submitted after
+
+
+def test_read_tracks_keeps_the_subset_vertices_and_joints_in_metres(tmp_path):
+    rng = np.random.default_rng(2)
+
+    def person(frames) -> dict[str, np.ndarray]:
+        n = len(frames)
+        return {
+            "frame_indices": np.asarray(frames),
+            "vertices": rng.uniform(-2000, 2000, (n, 6890, 3)).astype(np.float32),
+            "joints": rng.uniform(-2000, 2000, (n, 24, 3)).astype(np.float32),
+            "vertex_uncertainties": rng.uniform(0.03, 0.1, (n, 6890)).astype(np.float32),
+            "joint_uncertainties": rng.uniform(0.03, 0.1, (n, 24)).astype(np.float32),
+        }
+
+    people = {2: person([1, 2, 3]), 5: person([0, 3, 4]), UNTRACKED: person([2])}
+    write_predictions(tmp_path / "p.bcz", CameraTrack.static(6, 640, 360), people, 6)
+    subset = np.array([6889, 0, 17, 4000])
+    num_frames, tracks = read_tracks(tmp_path / "p.bcz", subset)
+    assert num_frames == 6 and [t.track_id for t in tracks] == [2, 5]
+    for track in tracks:
+        given = people[track.track_id]
+        np.testing.assert_array_equal(track.frame_indices, given["frame_indices"])
+        points = np.concatenate([given["vertices"][:, subset], given["joints"]], 1) / 1000
+        unc = np.concatenate([given["vertex_uncertainties"][:, subset],
+                              given["joint_uncertainties"]], 1)  # fmt: skip
+        assert track.points_m.dtype == np.float32 and track.points_m.shape == (3, 28, 3)
+        np.testing.assert_allclose(track.points_m, points, atol=0.3e-3)  # 0.5 mm quantization
+        np.testing.assert_allclose(track.uncertainties_m, unc, atol=1e-3)

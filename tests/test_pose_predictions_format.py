@@ -86,6 +86,21 @@ def test_round_trip_keeps_track_ids_boxes_points_and_cameras(tmp_path):
     assert sorted(read_tracks(path, track_ids=[2]).tracks) == [2]
 
 
+def test_a_vertex_subset_keeps_only_those_vertices_in_that_order(tmp_path):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "preds.bcz"
+    with PredictionsWriter(path, num_frames=2, num_vertices=V, num_joints=J) as writer:
+        writer.append(_frame(0, [3, 5], rng))
+        writer.append(_frame(1, [], rng))
+    subset = np.array([6889, 0, 17, 4000, 17])
+    for full, sub in zip(PredictionsReader(path), PredictionsReader(path, subset), strict=True):
+        np.testing.assert_array_equal(sub.vertices, full.vertices[:, subset])
+        np.testing.assert_array_equal(sub.vertex_uncertainties,
+                                      full.vertex_uncertainties[:, subset])  # fmt: skip
+        np.testing.assert_array_equal(sub.joints, full.joints)
+        assert sub.vertices.shape == (full.num_people, 5, 3)
+
+
 def test_writer_refuses_gaps_wrong_shapes_and_missing_frames(tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "p.bcz"

@@ -18,7 +18,9 @@ Invalid frames are NaN with `valid` False; nothing is extrapolated.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +34,7 @@ from services.fitting.smpl_fit import (
     NUM_JOINTS,
     FitSettings,
     SmplFitter,
-    torch_compute,
+    torch_threads,
 )
 from services.fitting.viewer_camera import viewer_trajectory
 
@@ -53,6 +55,7 @@ class FittingParams:
     ground_iterations: int = 5000
     viewer_start_s: float = 4.0
     viewer_ease_s: float = 4.0
+    workers: int = 2  # tracks fitted at once, one thread each (torch runs single-threaded)
 
 
 @dataclass
@@ -144,7 +147,7 @@ class TrackFitter:
                 betas = self.smpl.estimate_shape(points[idx], w[idx], p.fit, prelim=True)
                 s = self.smpl.frame_scales(points[idx], w[idx], betas)
                 scale[idx] = s / np.median(s)
-            scaled = _scale_about(points, cam, scale.astype(np.float32))
+            scaled = _scale_about(points[:, -NUM_JOINTS:], cam, scale.astype(np.float32))
             centre, cw = _body_centre(scaled, w)
             found = rf.detect_splits(
                 centre, cw, self.root_kernel, p.split_threshold_m, p.filter_eps_m,
@@ -268,6 +271,39 @@ class TrackFitter:
         )
 
 
+def _fit_tracks(
+    fitter: TrackFitter,
+    tracks: Iterable[TrackInput],
+    cam_m: np.ndarray,
+    num_frames: int,
+    workers: int,
+    on_track: Callable[[int], None] | None,
+) -> list[TrackFit]:
+    """Fits of `tracks` in their order, at most `workers` at a time; `on_track` is called in
+    order on the calling thread. If it raises (cancellation), tracks not yet started are
+    dropped."""
+    fits: list[TrackFit] = []
+    pending: deque[Future] = deque()
+
+    def collect() -> None:
+        fits.append(pending.popleft().result())
+        if on_track:
+            on_track(fits[-1].track_id)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="fitting") as pool:
+        try:
+            for track in tracks:
+                pending.append(pool.submit(fitter.fit, track, cam_m, num_frames))
+                if len(pending) >= workers:
+                    collect()
+            while pending:
+                collect()
+        finally:
+            for future in pending:
+                future.cancel()
+    return fits
+
+
 def run_fitting(
     tracks: Iterable[TrackInput],
     cameras: CameraTrack,
@@ -282,12 +318,10 @@ def run_fitting(
     num_frames = len(cameras)
     cam_m = cameras.optical_center / 1000.0
     fitter = TrackFitter(smpl, params, fps, fps_factor)
-    fits = []
-    with torch_compute(params.fit.torch_threads):
-        for track in tracks:
-            fits.append(fitter.fit(track, cam_m, num_frames))
-            if on_track:
-                on_track(track.track_id)
+    # The fits are many small ops: torch's own threads would mostly wait on each other (and
+    # stall when the machine is busy), so torch runs on one thread and tracks run in parallel.
+    with torch_threads(1):
+        fits = _fit_tracks(fitter, tracks, cam_m, num_frames, params.workers, on_track)
 
     feet = [f.joints[f.valid][:, FOOT_JOINTS].reshape(-1, 3) * 1000 for f in fits]
     ground = fit_ground(

@@ -53,20 +53,16 @@ class FitSettings:
     beta_regularizer2: float = 0.0  # per segment, on betas 0..1
     scale_regularizer: float = 1.0  # per frame, on the preliminary scale
     shape_frames: int = 64  # frames of the subsample the shared shape is solved on
-    # torch intra-op threads: the fits are many small ops, where more threads only add
-    # synchronization (2 threads cost 2-3x the CPU time of 1 on a busy 2-core machine)
-    torch_threads: int = 1
 
 
 @contextmanager
-def torch_compute(threads: int) -> Iterator[None]:
-    """torch inference mode with `threads` intra-op threads for the block (the previous thread
-    count is restored after it)."""
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count (process-wide) set to `count` for the block, then
+    restored."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(count)
     try:
-        with torch.inference_mode():
-            yield
+        yield
     finally:
         torch.set_num_threads(previous)
 
@@ -88,7 +84,6 @@ class SmplFitter:
     ):
         from smplfitter.pt import BodyFitter, BodyModel
 
-        torch.set_grad_enabled(False)
         self.model_dir = Path(model_dir)
         self.body_model = BodyModel(body_model, gender, model_root=str(self.model_dir))
         subset_file = self.model_dir / f"vertex_subset_{subset_size}.npz"
@@ -124,6 +119,7 @@ class SmplFitter:
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
         return as_t(verts), as_t(joints), as_t(vw), as_t(jw)
 
+    @torch.inference_mode()
     def estimate_shape(
         self, points: np.ndarray, weights: np.ndarray, settings: FitSettings, prelim: bool = False
     ) -> np.ndarray:
@@ -147,6 +143,7 @@ class SmplFitter:
         )
         return np.median(result["shape_betas"].numpy().astype(np.float64), axis=0)
 
+    @torch.inference_mode()
     def frame_scales(self, points: np.ndarray, weights: np.ndarray, betas: np.ndarray):
         """Per-frame factor by which each frame's points must be scaled (about their centroid)
         to match the body of shape `betas` in the pose fitted to them, (n,)."""
@@ -167,6 +164,7 @@ class SmplFitter:
         den = (w * (tc * tc).sum(-1)).sum(1)
         return num / np.maximum(den, 1e-12)
 
+    @torch.inference_mode()
     def fit_poses(
         self,
         points: np.ndarray,
@@ -189,6 +187,7 @@ class SmplFitter:
             trans.append(fit["trans"].numpy())
         return np.concatenate(poses), np.concatenate(trans)
 
+    @torch.inference_mode()
     def joints(self, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray) -> np.ndarray:
         """SMPL joints (n, 24, 3) in metres."""
         out = self.body_model(
