@@ -110,16 +110,23 @@ def admitted(stage_task_fn, stage: str):
 
 @dataclass
 class _ProgressForwarder:
-    """Sends stage progress to a Prefect progress artifact, the run log and local listeners."""
+    """Sends stage progress to a Prefect progress artifact, the run log and local listeners.
+
+    The artifact is created on the first event of real work, so a cache hit costs no API call.
+    """
 
     stage: str
     artifact_id: object = None
+    artifact_opened: bool = False
     last_artifact: float = 0.0
     last_log: float = 0.0
 
     def __call__(self, event) -> None:
         done, total = int(event.done), int(event.total)
         message = event.message or getattr(event, "step", "")
+        if not self.artifact_opened and getattr(event, "step", "") != "cache":
+            self.artifact_opened = True
+            self.artifact_id = _open_progress_artifact(self.stage)
         progress_events.emit(self.stage, done, total, message)
         now = time.monotonic()
         fraction = min(done / total, 1.0) if total > 0 else None
@@ -177,7 +184,7 @@ def call_stage_rpc(
         wait_serving(address, timeout_s=SERVING_WAIT_S)
     except Exception as exc:  # noqa: BLE001 - surfaced as UNAVAILABLE so the task retries
         raise StageCallError(stage, "UNAVAILABLE", f"{address} is not serving: {exc}") from None
-    forwarder = _ProgressForwarder(stage, artifact_id=_open_progress_artifact(stage))
+    forwarder = _ProgressForwarder(stage)
     progress_events.emit(stage, 0, 0, "started")
     channel = open_channel(address)
     try:
