@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from services.common.store import ArtifactStore, LocalFolderStore, S3Store
-from tests.support.s3 import ACCESS_KEY, SECRET_KEY, moto_server
+from tests.support.s3 import bucket_store, moto_server
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +20,7 @@ _bucket_counter = iter(range(1_000_000))
 
 @pytest.fixture
 def s3_store(s3_endpoint: str) -> S3Store:
-    store = S3Store(s3_endpoint, ACCESS_KEY, SECRET_KEY, f"test-{next(_bucket_counter)}")
-    store.ensure_bucket()
-    return store
+    return bucket_store(s3_endpoint, f"test-{next(_bucket_counter)}")
 
 
 @pytest.fixture

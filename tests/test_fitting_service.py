@@ -17,7 +17,7 @@ from services.common.settings import load_settings
 from services.common.store import S3Store
 from services.fitting.service import BodyModels
 from services.fitting.synthetic_body_model import write_synthetic_smpl
-from tests.support.s3 import ACCESS_KEY, SECRET_KEY, s3_env
+from tests.support.s3 import bucket_store, s3_env
 from tests.support.scenes import make_scene, predictions_for, write_predictions
 from tests.support.services import start_service
 
@@ -32,9 +32,7 @@ def model_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def s3(s3_endpoint: str) -> S3Store:
-    store = S3Store(s3_endpoint, ACCESS_KEY, SECRET_KEY, BUCKET)
-    store.ensure_bucket()
-    return store
+    return bucket_store(s3_endpoint, BUCKET)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from nlfpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.client import call_stage, open_channel
 from services.common.store import S3Store
-from tests.support.s3 import ACCESS_KEY, SECRET_KEY, s3_env
+from tests.support.s3 import bucket_store, s3_env
 from tests.support.services import start_service
 from tests.support.videos import make_test_video
 from tests.test_ingest_units import (
@@ -37,9 +37,7 @@ def videos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def s3(s3_endpoint: str) -> S3Store:
-    store = S3Store(s3_endpoint, ACCESS_KEY, SECRET_KEY, BUCKET)
-    store.ensure_bucket()
-    return store
+    return bucket_store(s3_endpoint, BUCKET)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,15 @@ def moto_server() -> Iterator[str]:
         proc.wait(10)
 
 
+def bucket_store(endpoint: str, bucket: str):
+    """An S3Store on the test server whose bucket exists."""
+    from services.common.store import S3Store
+
+    store = S3Store(endpoint, ACCESS_KEY, SECRET_KEY, bucket)
+    store.ensure_bucket()
+    return store
+
+
 def s3_env(endpoint: str, bucket: str = "nlfpipe") -> dict[str, str]:
     """Environment variables that point nlfpipe's settings at a test S3 server."""
     return {
