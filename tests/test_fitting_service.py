@@ -4,11 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from nlfpipe.fitting.v1 import fitting_pb2, fitting_pb2_grpc
 from services.common.client import call_stage, open_channel
-from services.common.errors import ModelNotReady
+from services.common.errors import InvalidInput, ModelNotReady
 from services.common.formats.cameras import CameraTrack
 from services.common.formats.fits import load_fits
 from services.common.formats.ground import load_ground
@@ -132,3 +133,16 @@ def test_missing_body_model_names_the_files_and_how_to_get_them(tmp_path, monkey
     text = str(caught.value)
     assert "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl" in text
     assert "https://smpl.is.tue.mpg.de" in text
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_non_finite_predictions_are_refused(inputs, s3, tmp_path, monkeypatch, bad_value):
+    import services.fitting.service as fitting_service
+    from services.common.formats.predictions import PredictionsReader
+
+    path = s3.get_file(s3.key_from_uri(inputs["good.bcz"].uri), tmp_path / "good.bcz")
+    frames = list(PredictionsReader(path))
+    frames[7].joints[0, 5, 1] = bad_value  # the pose writer refuses such values; forge them here
+    monkeypatch.setattr(fitting_service, "PredictionsReader", lambda *_: iter(frames))
+    with pytest.raises(InvalidInput, match="frame 7, track .* NaN or infinite"):
+        fitting_service.read_tracks(path, np.arange(16))
