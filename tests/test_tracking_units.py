@@ -281,7 +281,7 @@ def test_memory_stays_within_its_capacity():
         bank.add(torch.full((ck, 3, 4), float(i)), torch.zeros(n_obj, cv, 3, 4))
         assert bank.frames == min(i + 1, 3)
     allocated = bank.nbytes()
-    assert allocated == (3 + 2) * pixels * (ck + n_obj * cv) * 4
+    assert allocated == (3 + 2) * pixels * (ck + 1 + n_obj * cv) * 4  # keys, |k|^2, values
     keys = bank._memory()[0]
     # Full memory: new frames overwrite random slots, so recent frames dominate.
     assert (keys[0] >= 3).float().mean() > 0.7

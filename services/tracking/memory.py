@@ -6,7 +6,10 @@ import torch
 
 
 class MemoryBank:
-    """Keys [Ck, M] and values [n_objects, Cv, M] of remembered frames, M = frames x pixels.
+    """Keys [Ck, M] and values [M, n_objects x Cv] of remembered frames, M = frames x pixels.
+
+    Each key's squared norm is stored with it (computed once, at the write), and values are
+    pixel-major so that the readout gathers each top-k pixel's values as one contiguous row.
 
     Permanent memory holds at most `capacity` frames; once full, each new frame overwrites
     randomly chosen pixel slots (reference B.12: this biases the memory toward recent frames).
@@ -35,7 +38,9 @@ class MemoryBank:
         self.temp_frames = 0
         self._next_temp = 0
         self._keys: torch.Tensor | None = None
+        self._key_sq: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
+        self._value_shape: tuple[int, int] = (0, 0)
 
     @property
     def stored_frames(self) -> int:
@@ -43,8 +48,8 @@ class MemoryBank:
         return self.frames + self.temp_frames
 
     def nbytes(self) -> int:
-        """Bytes allocated for keys and values."""
-        tensors = (self._keys, self._values)
+        """Bytes allocated for keys, their squared norms and values."""
+        tensors = (self._keys, self._key_sq, self._values)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def add(self, key: torch.Tensor, value: torch.Tensor, temporary: bool = False) -> None:
@@ -78,7 +83,8 @@ class MemoryBank:
 
     def _write(self, where: slice | torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         self._keys[:, where] = key
-        self._values[:, :, where] = value
+        self._key_sq[where] = key.pow(2).sum(0)
+        self._values[where] = value.flatten(0, 1).t()
 
     def _allocate(self, key: torch.Tensor, value: torch.Tensor) -> None:
         # One block for both memories: the temporary frames follow the permanent ones, so
@@ -86,12 +92,15 @@ class MemoryBank:
         self.pixels = key.shape[1]
         total = (self.capacity + self.temp_capacity) * self.pixels
         n_obj, cv = value.shape[:2]
+        self._value_shape = (n_obj, cv)
         self._keys = key.new_empty(key.shape[0], total)
-        self._values = key.new_empty(n_obj, cv, total)
+        self._key_sq = key.new_empty(total)
+        self._values = key.new_empty(total, n_obj * cv)
 
-    def _memory(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _memory(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys [Ck, M], their squared norms [M] and values [M, O*Cv] of the stored frames."""
         used = self.stored_frames * self.pixels
-        return self._keys[:, :used], self._values[:, :, :used]
+        return self._keys[:, :used], self._key_sq[:used], self._values[:used]
 
     def readout(self, query_key: torch.Tensor) -> torch.Tensor:
         """Memory readout for query keys [B, Ck, H, W] -> [n_objects, B, Cv, H, W].
@@ -102,23 +111,34 @@ class MemoryBank:
         """
         if self.frames == 0:
             raise RuntimeError("memory is empty; add the init frame first")
-        keys, values = self._memory()
+        keys, key_sq, values = self._memory()
         batch, ck, h, w = query_key.shape
-        query = query_key.flatten(2)  # B, Ck, Q
+        query = query_key.flatten(2).transpose(1, 2).flatten(0, 1)  # B*Q, Ck
         n_mem = keys.shape[1]
         k = min(self.top_k, n_mem)
-        key_sq = keys.pow(2).sum(0)  # M
-        flat_values = values.flatten(0, 1).t()  # M, O*Cv
-        per_query = n_mem * query.element_size() * batch
-        chunk = max(1, self.query_chunk_bytes // per_query)
-        out = []
-        for start in range(0, h * w, chunk):
-            q = query[:, :, start : start + chunk]
-            affinity = (2 * torch.einsum("cm,bcq->bmq", keys, q) - key_sq[:, None]) / math.sqrt(ck)
-            top_values, top_index = affinity.topk(k, dim=1)  # B, k, q
-            weights = top_values.softmax(dim=1)
-            gathered = flat_values[top_index.flatten()].view(*top_index.shape, -1)
-            out.append(torch.einsum("bkq,bkqv->bqv", weights, gathered))
-        readout = torch.cat(out, 1)  # B, Q, O*Cv
-        n_obj, cv = values.shape[:2]
-        return readout.view(batch, h, w, n_obj, cv).permute(3, 0, 4, 1, 2).contiguous()
+        scale = 1 / math.sqrt(ck)
+        bias = (key_sq * -scale)[None]  # 1, M
+        chunk = max(1, self.query_chunk_bytes // (n_mem * query.element_size()))
+        out = [
+            self._readout_chunk(query[start : start + chunk], keys, bias, values, k, 2 * scale)
+            for start in range(0, query.shape[0], chunk)
+        ]
+        n_obj, cv = self._value_shape
+        readout = torch.cat(out, 0).view(batch, h, w, n_obj, cv)
+        return readout.permute(3, 0, 4, 1, 2).contiguous()
+
+    @staticmethod
+    def _readout_chunk(
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        bias: torch.Tensor,
+        values: torch.Tensor,
+        k: int,
+        alpha: float,
+    ) -> torch.Tensor:
+        """Query keys [q, Ck] -> top-k weighted values [q, O*Cv]; affinities [q, M] are
+        contiguous along the memory, where top-k searches."""
+        affinity = torch.addmm(bias, query, keys, alpha=alpha)
+        top_values, top_index = affinity.topk(k, dim=1)  # q, k
+        weights = top_values.softmax(dim=1)
+        return torch.bmm(weights[:, None], values[top_index]).squeeze(1)
