@@ -114,5 +114,5 @@ def test_stcn_propagates_over_every_frame_with_bounded_memory(video, stcn_file, 
     memory = propagators[0].memory
     pixels = 3 * 5  # 48 x 72 padded to 48 x 80, at stride 16
     assert (memory.capacity, memory.frames, memory.temp_frames) == (4, 4, 2)
-    assert memory.nbytes() == (4 + 2) * pixels * (64 + 2 * 512) * 4
+    assert memory.nbytes() == (4 + 2) * pixels * (64 + 1 + 2 * 512) * 4  # keys, |k|^2, values
     assert [t["track_id"] for t in outputs.extra["tracks"]] == [0, 1]
