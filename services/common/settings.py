@@ -76,6 +76,13 @@ def _port(env: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
+def env_choice(
+    variable: str, choices: tuple[str, ...], environ: Mapping[str, str] | None = None
+) -> str:
+    """One of `choices` named by an environment variable (default: the first choice)."""
+    return _choice(os.environ if environ is None else environ, variable, choices[0], choices)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Reads and validates the settings; errors name the variable and the accepted values."""
     env = os.environ if environ is None else environ

@@ -4,11 +4,10 @@ synthetic test backend (NLFPIPE_SEMSEG_BACKEND=synthetic)."""
 from collections.abc import Mapping
 
 from services.common.models import require_model
-from services.common.settings import Settings, resolve_device
+from services.common.settings import Settings, env_choice, resolve_device
 from services.semseg.deeplab import DeepLabPersonSegmenter
 from services.semseg.pipeline import PersonSegmenter
 from services.semseg.synthetic import SyntheticPersonSegmenter
-from services.tracking.backends import backend_setting
 
 BACKEND_ENV = "NLFPIPE_SEMSEG_BACKEND"
 BACKENDS = ("deeplabv3", "synthetic")
@@ -16,7 +15,7 @@ BACKENDS = ("deeplabv3", "synthetic")
 
 def backend_name(environ: Mapping[str, str] | None = None) -> str:
     """The configured semseg backend."""
-    return backend_setting(BACKEND_ENV, BACKENDS, environ)
+    return env_choice(BACKEND_ENV, BACKENDS, environ)
 
 
 def load_segmenter(settings: Settings, name: str) -> PersonSegmenter:

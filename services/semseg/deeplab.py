@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torchvision.models.segmentation import deeplabv3_resnet101
 
-from services.tracking.stcn_network import IMAGENET_MEAN, IMAGENET_STD
+from services.common.frames import IMAGENET_MEAN, IMAGENET_STD
 
 VOC_PERSON = 15
 

@@ -12,8 +12,8 @@ from rlemasklib import RLEMask
 from services.common.errors import InvalidInput
 from services.common.formats.masks import MEDIA_TYPE as MASKS_MEDIA_TYPE
 from services.common.formats.masks import write_track_masks
+from services.common.frames import Video, working_shape
 from services.common.stagerun import OutputFile, StageOutputs, StageRun
-from services.tracking.frames import Video, working_shape
 
 STAGE = "semseg"
 VERSION = "1"

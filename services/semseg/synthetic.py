@@ -3,7 +3,7 @@ test videos are persons. For tests and first runs without weights, not for real 
 
 import numpy as np
 
-from services.tracking.synthetic import light_mask
+from services.common.frames import light_mask
 
 
 class SyntheticPersonSegmenter:

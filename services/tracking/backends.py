@@ -1,11 +1,10 @@
 """Which detector and propagator the tracking service runs: the learned models (default) or
 the non-learned synthetic test backend (NLFPIPE_TRACKING_BACKEND=synthetic)."""
 
-import os
 from collections.abc import Mapping
 
 from services.common.models import require_model
-from services.common.settings import Settings, SettingsError, resolve_device
+from services.common.settings import Settings, env_choice, resolve_device
 from services.tracking.detection import MaskRCNNDetector
 from services.tracking.pipeline import TrackingBackend
 from services.tracking.stcn import STCNPropagator
@@ -16,23 +15,9 @@ BACKEND_ENV = "NLFPIPE_TRACKING_BACKEND"
 BACKENDS = ("stcn", "synthetic")
 
 
-def backend_setting(
-    variable: str, choices: tuple[str, ...], environ: Mapping[str, str] | None = None
-) -> str:
-    """The backend named by an environment variable (default: the first choice); a
-    SettingsError names the variable and the valid values."""
-    env = os.environ if environ is None else environ
-    name = env.get(variable, "").strip().lower() or choices[0]
-    if name not in choices:
-        raise SettingsError(
-            f"{variable}={name!r} is not valid; expected one of: {', '.join(choices)}"
-        )
-    return name
-
-
 def backend_name(environ: Mapping[str, str] | None = None) -> str:
     """The configured tracking backend."""
-    return backend_setting(BACKEND_ENV, BACKENDS, environ)
+    return env_choice(BACKEND_ENV, BACKENDS, environ)
 
 
 def synthetic_backend() -> TrackingBackend:

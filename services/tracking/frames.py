@@ -1,63 +1,11 @@
-"""Video frames at the working resolution: streamed in order, or from an on-disk spool in any
-order. Nothing holds more than a few frames in RAM, whatever the video's length."""
+"""An on-disk spool of working-resolution frames, readable in any order (permuted passes)."""
 
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
-import framepump
 import numpy as np
-
-from services.common.errors import InvalidInput, PreconditionFailed
-
-
-def working_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(height, width) with the short side scaled to `short_side`, aspect ratio kept."""
-    if width > height:
-        return short_side, int(round(width * short_side / height))
-    return int(round(height * short_side / width)), short_side
-
-
-def resize(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resizes an RGB frame to (height, width) (area interpolation when shrinking)."""
-    if frame.shape[:2] == shape:
-        return frame
-    shrink = shape[0] < frame.shape[0]
-    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(frame, (shape[1], shape[0]), interpolation=interpolation)
-
-
-class Video:
-    """A decoded video: exact frame count, fps and size, sequential or single-frame access."""
-
-    def __init__(self, path: Path):
-        try:
-            self._frames = framepump.VideoFrames(str(path))
-            self.num_frames = len(self._frames)
-        except (framepump.FramePumpError, OSError) as e:
-            raise InvalidInput(f"the video cannot be decoded: {e}") from None
-        if self.num_frames == 0:
-            raise InvalidInput("the video has no frames")
-        self.path = Path(path)
-        self.fps = float(self._frames.fps)
-        self.height, self.width = self._frames.imshape
-
-    def frame(self, index: int) -> np.ndarray:
-        """One full-resolution RGB frame."""
-        return self._frames[index]
-
-    def frames(self, shape: tuple[int, int]) -> Iterator[np.ndarray]:
-        """All frames in order, resized to `shape`; checks that the count matches."""
-        count = 0
-        for frame in self._frames:
-            count += 1
-            yield resize(frame, shape)
-        if count != self.num_frames:
-            raise PreconditionFailed(
-                f"the video decoded to {count} frames but its index lists {self.num_frames}; "
-                "re-run ingest to normalize it"
-            )
 
 
 class FrameSpool:

@@ -10,9 +10,9 @@ from rlemasklib import RLEMask
 from services.common.errors import InvalidInput
 from services.common.formats.masks import MEDIA_TYPE as MASKS_MEDIA_TYPE
 from services.common.formats.masks import write_track_masks
+from services.common.frames import Video, resize, working_shape
 from services.common.stagerun import OutputFile, StageOutputs, StageRun
 from services.tracking.detection import PersonDetector, person_candidates
-from services.tracking.frames import Video, resize, working_shape
 from services.tracking.morph import cleanup_mask
 from services.tracking.preview import render_candidates_preview
 from services.tracking.propagation import MaskPropagator, PassPlan, propagate

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.frames import IMAGENET_MEAN, IMAGENET_STD
 from services.tracking.memory import MemoryBank
-from services.tracking.stcn_network import IMAGENET_MEAN, IMAGENET_STD, STCN
+from services.tracking.stcn_network import STCN
 
 
 def aggregate(object_probs: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,6 @@ from torchvision.models import resnet50
 
 KEY_DIM = 64
 VALUE_DIM = 512
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ResBlock(nn.Module):

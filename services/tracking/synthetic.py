@@ -8,15 +8,9 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-LIGHT_THRESHOLD = 100
+from services.common.frames import light_mask
+
 MIN_AREA_FRACTION = 0.002
-
-
-def light_mask(image: np.ndarray) -> np.ndarray:
-    """Bool [H, W]: pixels brighter than the dark background, specks opened away."""
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    mask = (gray > LIGHT_THRESHOLD).astype(np.uint8)
-    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
 
 
 def light_figures(image: np.ndarray) -> list[np.ndarray]:
