@@ -341,14 +341,7 @@ class TrackPredictions:
         """All fields over every frame: NaN where the track is absent, plus a ``valid`` mask."""
         out: dict[str, np.ndarray] = {"valid": np.zeros(num_frames, bool)}
         out["valid"][self.frame_indices] = True
-        for name in (
-            "boxes",
-            "box_scores",
-            "vertices",
-            "joints",
-            "vertex_uncertainties",
-            "joint_uncertainties",
-        ):
+        for name in _TRACK_FIELDS:
             value = getattr(self, name)
             full = np.full((num_frames, *value.shape[1:]), np.nan, np.float32)
             full[self.frame_indices] = value
