@@ -11,7 +11,8 @@ RUN_ARGS ?=
 
 setup: $(STAMP) $(BUF)
 
-$(STAMP): pyproject.toml scripts/gen_protos.py scripts/link_source.py $(shell find protos -name '*.proto')
+$(STAMP): pyproject.toml scripts/system_packages.sh scripts/gen_protos.py scripts/link_source.py $(shell find protos -name '*.proto')
+	bash scripts/system_packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	mkdir -p gen/nlfpipe && touch gen/nlfpipe/__init__.py
