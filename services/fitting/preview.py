@@ -7,8 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from services.common.colors import track_color
+
 SIZE = 800
-_COLOURS = [(230, 120, 40), (60, 180, 75), (40, 40, 230), (200, 60, 200), (0, 200, 200)]
 
 
 def write_preview(path: Path, tracks_mm: dict[int, np.ndarray], cameras_mm: np.ndarray,
@@ -19,15 +20,16 @@ def write_preview(path: Path, tracks_mm: dict[int, np.ndarray], cameras_mm: np.n
     a /= np.linalg.norm(a)
     b = np.cross(a, up)
     paths = {f"track {k}": v for k, v in tracks_mm.items()}
+    colours = {f"track {k}": track_color(k)[::-1] for k in tracks_mm}  # cv2 draws BGR
     paths["camera"], paths["viewer"] = cameras_mm, viewer_mm
     flat = {k: np.stack([v @ a, v @ b], axis=-1) for k, v in paths.items()}
     every = np.concatenate([v[np.isfinite(v).all(1)] for v in flat.values()])
     lo, hi = every.min(0), every.max(0)
     scale = (SIZE - 80) / max(float((hi - lo).max()), 1.0)
     image = np.full((SIZE, SIZE, 3), 255, np.uint8)
-    for i, (name, xy) in enumerate(flat.items()):
+    for name, xy in flat.items():
         colour = (0, 0, 0) if name == "camera" else (128, 128, 128) if name == "viewer" else \
-            _COLOURS[i % len(_COLOURS)]
+            colours[name]
         px = ((xy - lo) * scale + 40).round()
         for p, q in zip(px[:-1], px[1:], strict=True):
             if np.isfinite(p).all() and np.isfinite(q).all():

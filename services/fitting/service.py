@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from nlfpipe.fitting.v1 import fitting_pb2, fitting_pb2_grpc
-from services.common import models
-from services.common.errors import InvalidInput, ModelNotReady
+from services.common import body_models
+from services.common.errors import InvalidInput
 from services.common.formats import cameras as cameras_format
 from services.common.formats import fits as fits_format
 from services.common.formats import ground as ground_format
@@ -29,7 +27,7 @@ from services.common.stagerun import OutputFile, StageOutputs, StageResult, Stag
 from services.common.store import ArtifactStore
 from services.fitting.pipeline import FittingParams, TrackInput, run_fitting
 from services.fitting.preview import write_preview
-from services.fitting.smpl_fit import FitSettings, SmplFitter, body_model_files
+from services.fitting.smpl_fit import FitSettings, SmplFitter
 
 VERSION = "1"
 BODY_MODELS = ("smpl",)
@@ -37,41 +35,11 @@ GENDERS = {0: "neutral", 1: "neutral", 2: "female", 3: "male"}
 log = logging.getLogger(__name__)
 
 
-def body_model_root(settings: Settings) -> Path:
-    """The body_models folder: $SMPLFITTER_BODY_MODELS if set, else the model cache."""
-    env = os.environ.get("SMPLFITTER_BODY_MODELS")
-    return Path(env) if env else settings.model_cache
-
-
-class BodyModels:
+class BodyModels(body_models.BodyModels[SmplFitter]):
     """SmplFitter instances by (model, gender), loaded from the body model folder."""
 
     def __init__(self, settings: Settings):
-        self.settings = settings
-        self.root = body_model_root(settings)
-        self._loaded: dict[tuple[str, str], SmplFitter] = {}
-        self._lock = threading.Lock()
-
-    def check(self, body_model: str, gender: str) -> Path:
-        folder = self.root / body_model
-        missing = [p for p in body_model_files(folder, body_model, gender) if not p.is_file()]
-        if missing:
-            if not os.environ.get("SMPLFITTER_BODY_MODELS"):
-                models.require_model(body_model, self.settings)  # the registry's full message
-            raise ModelNotReady(
-                f"body model {body_model!r} ({gender}) is not ready: missing "
-                f"{', '.join(str(p) for p in missing)}. Register at https://smpl.is.tue.mpg.de, "
-                f"then run `nlfpipe models fetch {body_model}` (or set SMPLFITTER_BODY_MODELS to "
-                f"a folder holding {body_model}/ with these files)."
-            )
-        return folder
-
-    def get(self, body_model: str, gender: str) -> SmplFitter:
-        with self._lock:
-            key = (body_model, gender)
-            if key not in self._loaded:
-                self._loaded[key] = SmplFitter(self.check(body_model, gender), gender)
-            return self._loaded[key]
+        super().__init__(settings, SmplFitter)
 
 
 def validate(request: fitting_pb2.RunRequest) -> dict:

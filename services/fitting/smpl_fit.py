@@ -21,17 +21,7 @@ import torch
 
 NUM_JOINTS = 24
 NUM_BETAS = 10
-BODY_MODEL_FILES = {
-    "smpl": ("basicmodel_{gender}_lbs_10_207_0_v1.1.0.pkl", "kid_template.npy"),
-}
-GENDER_TOKENS = {"smpl": {"neutral": "neutral", "female": "f", "male": "m"}}
 FOOT_JOINTS = (10, 11)
-
-
-def body_model_files(model_root: Path, body_model: str, gender: str) -> list[Path]:
-    """The files smplfitter reads for a body model (under `<body_models>/<model>/`)."""
-    token = GENDER_TOKENS[body_model][gender]
-    return [model_root / name.format(gender=token) for name in BODY_MODEL_FILES[body_model]]
 
 
 def farthest_point_subset(points: np.ndarray, count: int) -> np.ndarray:

@@ -19,7 +19,12 @@ import av
 import numpy as np
 
 from services.common.errors import InvalidInput, PreconditionFailed
-from services.common.formats.cameras import DEFAULT_FOV_DEGREES, CameraTrack, intrinsics_from_fov
+from services.common.formats.cameras import (
+    DEFAULT_FOV_DEGREES,
+    CameraTrack,
+    intrinsics_from_fov,
+    scale_intrinsics,
+)
 from services.common.formats.masks import iter_track_masks
 from services.common.formats.predictions import (
     UNTRACKED,
@@ -134,7 +139,7 @@ class FrameCameras:
             )
         cam_w, cam_h = track.image_size
         _check_aspect("cameras", cam_w, cam_h, width, height)
-        self._intrinsics = _scale_intrinsics(track.intrinsics, width / cam_w, height / cam_h)
+        self._intrinsics = scale_intrinsics(track.intrinsics, width / cam_w, height / cam_h)
         self.world_up = track.world_up
 
     def __len__(self) -> int:
@@ -166,17 +171,6 @@ def _five(coeffs: np.ndarray | None) -> np.ndarray:
     out = np.zeros(5)
     if coeffs is not None:
         out[: min(5, len(coeffs))] = coeffs[:5]
-    return out
-
-
-def _scale_intrinsics(k: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """Intrinsics for a resized image (pixel-centre convention, as intrinsics_from_fov)."""
-    out = k.copy()
-    out[..., 0, 0] *= sx
-    out[..., 0, 1] *= sx
-    out[..., 0, 2] = (k[..., 0, 2] + 0.5) * sx - 0.5
-    out[..., 1, 1] *= sy
-    out[..., 1, 2] = (k[..., 1, 2] + 0.5) * sy - 0.5
     return out
 
 

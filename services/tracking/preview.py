@@ -5,31 +5,21 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from services.common.colors import track_color
 from services.tracking.selection import Candidate
-
-_COLORS = [
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-]
 
 
 def render_candidates_preview(frame: np.ndarray, candidates: Sequence[Candidate]) -> bytes:
     """PNG bytes of the full-resolution RGB `frame` with numbered candidate outlines; the
-    numbers are the candidate indices that `candidate_indices` refers to."""
+    numbers are the candidate indices that `candidate_indices` refers to. Candidate i is drawn
+    in the colour of track id i: the track it becomes when subjects are taken in score order
+    (the default); an explicit selection numbers the tracks in its own order."""
     canvas = frame.copy()
     height, width = canvas.shape[:2]
     thickness = max(2, round(min(height, width) / 200))
     font_scale = max(0.6, min(height, width) / 500)
     for candidate in candidates:
-        color = _COLORS[candidate.index % len(_COLORS)]
+        color = track_color(candidate.index)
         mask = candidate.mask.resize((height, width)).to_array().astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(canvas, contours, -1, color, thickness, cv2.LINE_AA)

@@ -31,6 +31,19 @@ def intrinsics_from_fov(fov_degrees: float, width: int, height: int) -> np.ndarr
     )
 
 
+def scale_intrinsics(k: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Intrinsics (..., 3, 3) for the image resized by (sx, sy), with the pixel-centre
+    convention of `intrinsics_from_fov` (pixel i covers [i - 0.5, i + 0.5]): a point at
+    continuous position u + 0.5 from the left edge moves to sx (u + 0.5)."""
+    out = np.array(k, np.float64, copy=True)
+    out[..., 0, 0] *= sx
+    out[..., 0, 1] *= sx
+    out[..., 0, 2] = (out[..., 0, 2] + 0.5) * sx - 0.5
+    out[..., 1, 1] *= sy
+    out[..., 1, 2] = (out[..., 1, 2] + 0.5) * sy - 0.5
+    return out
+
+
 @dataclass
 class CameraTrack:
     """One camera per frame."""
@@ -78,6 +91,18 @@ class CameraTrack:
             optical_center=np.zeros((num_frames, 3)),
             distortion=np.zeros((num_frames, 5)),
             world_up=np.array([0.0, -1.0, 0.0]),
+            image_size=(int(width), int(height)),
+        )
+
+    def resized(self, width: int, height: int) -> "CameraTrack":
+        """The same cameras for images resized to width x height (`scale_intrinsics`)."""
+        sx, sy = width / self.image_size[0], height / self.image_size[1]
+        return CameraTrack(
+            intrinsics=scale_intrinsics(self.intrinsics, sx, sy),
+            rotation=self.rotation,
+            optical_center=self.optical_center,
+            distortion=self.distortion,
+            world_up=self.world_up,
             image_size=(int(width), int(height)),
         )
 
