@@ -60,11 +60,15 @@ class CameraView:
         self.cameras = shader_cameras(cameras, self.target)
         self.opacity = opacity
 
-    def render(self, frame_index: int, background: np.ndarray) -> np.ndarray:
+    def overlay(self, frame_index: int) -> np.ndarray:
+        """The meshes alone: (H, W, 4) premultiplied colour and coverage."""
         self.target.begin((0.0, 0.0, 0.0, 0.0))
         self.scene.set_camera(self.cameras[frame_index], self.target)
         self.scene.draw_meshes()
-        return blend_over(background, self.target.read(4), self.opacity)
+        return self.target.read(4)
+
+    def render(self, frame_index: int, background: np.ndarray) -> np.ndarray:
+        return blend_over(background, self.overlay(frame_index), self.opacity)
 
 
 class WorldView:
