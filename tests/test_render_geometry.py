@@ -41,15 +41,30 @@ def _box() -> tuple[np.ndarray, np.ndarray]:
     ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
     corners = corners @ (rx @ ry).T + [0.0, 100.0, 3000.0]
-    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])  # fmt: skip
+    faces = np.array(
+        [
+            [0, 1, 3],
+            [0, 3, 2],
+            [4, 6, 7],
+            [4, 7, 5],
+            [0, 4, 5],
+            [0, 5, 1],
+            [2, 3, 7],
+            [2, 7, 6],
+            [0, 2, 6],
+            [0, 6, 4],
+            [1, 5, 7],
+            [1, 7, 3],
+        ]
+    )
     normals = corners - corners.mean(0)
     return np.concatenate([corners, normals / np.linalg.norm(normals, axis=1, keepdims=True)],
                           1).astype(np.float32), faces  # fmt: skip
 
 
-def _coverage(vertices: np.ndarray, faces: np.ndarray, camera: CameraTrack, width: int,
-              height: int) -> np.ndarray:
+def _coverage(
+    vertices: np.ndarray, faces: np.ndarray, camera: CameraTrack, width: int, height: int
+) -> np.ndarray:
     """The rendered coverage (alpha, 0..1) of one mesh in the camera view at width x height."""
     with gl_context() as ctx:
         scene = Scene(ctx, faces, len(vertices))
@@ -58,8 +73,9 @@ def _coverage(vertices: np.ndarray, faces: np.ndarray, camera: CameraTrack, widt
         return view.overlay(0)[..., 3] / 255.0
 
 
-def _analytic(vertices_mm: np.ndarray, faces: np.ndarray, camera: CameraTrack, width: int,
-              height: int) -> np.ndarray:
+def _analytic(
+    vertices_mm: np.ndarray, faces: np.ndarray, camera: CameraTrack, width: int, height: int
+) -> np.ndarray:
     """Pixels more than half covered by the union of the projected triangles (OpenCV's
     projection, distortion included), at width x height: triangles are filled one by one at 8x
     the resolution and area-averaged; pixel coordinates of the camera's image are mapped with
