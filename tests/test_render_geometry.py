@@ -27,9 +27,14 @@ def _camera(distortion=(0, 0, 0, 0, 0)) -> CameraTrack:
     k = intrinsics_from_fov(50.0, IMAGE_W, IMAGE_H)
     k[0, 2] += 7.3  # an off-centre principal point catches a wrong convention
     k[1, 2] -= 4.1
-    return CameraTrack(k[None], rotation[None], position[None],
-                       np.asarray(distortion, np.float64)[None], np.array([0.0, -1.0, 0.0]),
-                       (IMAGE_W, IMAGE_H))  # fmt: skip
+    return CameraTrack(
+        k[None],
+        rotation[None],
+        position[None],
+        np.asarray(distortion, np.float64)[None],
+        np.array([0.0, -1.0, 0.0]),
+        (IMAGE_W, IMAGE_H),
+    )
 
 
 def _box() -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +63,9 @@ def _box() -> tuple[np.ndarray, np.ndarray]:
         ]
     )
     normals = corners - corners.mean(0)
-    return np.concatenate([corners, normals / np.linalg.norm(normals, axis=1, keepdims=True)],
-                          1).astype(np.float32), faces  # fmt: skip
+    return np.concatenate(
+        [corners, normals / np.linalg.norm(normals, axis=1, keepdims=True)], 1
+    ).astype(np.float32), faces
 
 
 def _coverage(
@@ -82,8 +88,9 @@ def _analytic(
     u' = s (u + 0.5) - 0.5, independently of the renderer's intrinsics scaling."""
     rvec = cv2.Rodrigues(camera.rotation[0])[0]
     tvec = -camera.rotation[0] @ camera.optical_center[0]
-    px, _ = cv2.projectPoints(vertices_mm.astype(np.float64), rvec, tvec, camera.intrinsics[0],
-                              camera.distortion[0])  # fmt: skip
+    px, _ = cv2.projectPoints(
+        vertices_mm.astype(np.float64), rvec, tvec, camera.intrinsics[0], camera.distortion[0]
+    )
     fine = 8
     scale = fine * np.array([width / camera.image_size[0], height / camera.image_size[1]])
     px = scale * (px[:, 0] + 0.5) - 0.5
@@ -115,8 +122,9 @@ def test_box_silhouette_matches_its_projection_at_any_output_size(width, height)
     # fraction of a pixel; half a pixel off (a wrong convention) would fail by far.
     hull = cv2.convexHull(_projected_px(vertices[:, :3], camera, width, height).astype(np.float32))
     m = cv2.moments(hull)
-    np.testing.assert_allclose(_centroid(coverage), [m["m10"] / m["m00"], m["m01"] / m["m00"]],
-                               atol=0.06)  # fmt: skip
+    np.testing.assert_allclose(
+        _centroid(coverage), [m["m10"] / m["m00"], m["m01"] / m["m00"]], atol=0.06
+    )
 
 
 def _projected_px(points_mm, camera: CameraTrack, width: int, height: int) -> np.ndarray:
@@ -138,9 +146,12 @@ def body(tmp_path_factory) -> BodyMeshes:
 
 @pytest.mark.parametrize(
     ("width", "height", "distortion"),
-    [(IMAGE_W, IMAGE_H, (0, 0, 0, 0, 0)), (240, 180, (0, 0, 0, 0, 0)),
-     (IMAGE_W, IMAGE_H, (-0.12, 0.03, 0.002, -0.001, 0.0))],
-)  # fmt: skip
+    [
+        (IMAGE_W, IMAGE_H, (0, 0, 0, 0, 0)),
+        (240, 180, (0, 0, 0, 0, 0)),
+        (IMAGE_W, IMAGE_H, (-0.12, 0.03, 0.002, -0.001, 0.0)),
+    ],
+)
 def test_posed_body_silhouette_matches_its_projection(body, width, height, distortion):
     rng = np.random.default_rng(3)
     pose = rng.normal(0, 0.25, (1, 72))
@@ -171,6 +182,12 @@ def test_frustum_reaches_the_image_corners_at_its_depth():
     np.testing.assert_allclose(depth, 500.0, rtol=1e-9)
     px = _projected_px(corners, camera, IMAGE_W, IMAGE_H)
     np.testing.assert_allclose(
-        px, [[-0.5, -0.5], [IMAGE_W - 0.5, -0.5], [IMAGE_W - 0.5, IMAGE_H - 0.5],
-             [-0.5, IMAGE_H - 0.5]], atol=1e-6,
-    )  # fmt: skip
+        px,
+        [
+            [-0.5, -0.5],
+            [IMAGE_W - 0.5, -0.5],
+            [IMAGE_W - 0.5, IMAGE_H - 0.5],
+            [-0.5, IMAGE_H - 0.5],
+        ],
+        atol=1e-6,
+    )

@@ -201,14 +201,20 @@ def render(
 ) -> RenderOutputs:
     """Writes the requested views' videos, their previews and the top view into `workdir`."""
     n = inputs.num_frames
-    width, height = output_size(inputs.video.width, inputs.video.height,
-                                settings.width, settings.height)  # fmt: skip
+    width, height = output_size(
+        inputs.video.width, inputs.video.height, settings.width, settings.height
+    )
     out = RenderOutputs(width=width, height=height, fps=inputs.fps, frames=n)
     paths = {tid: meshes.joints_mm(tl) for tid, tl in inputs.timelines.items()}
     floor, grid = world_layout(inputs, meshes, paths)
     out.top_view = workdir / "top_view.png"
-    write_top_view(out.top_view, floor, grid, inputs.display.optical_center,
-                   {tid: p[:, PELVIS] for tid, p in paths.items()})  # fmt: skip
+    write_top_view(
+        out.top_view,
+        floor,
+        grid,
+        inputs.display.optical_center,
+        {tid: p[:, PELVIS] for tid, p in paths.items()},
+    )
     previews = {view: PreviewCollector(n, float(inputs.fps)) for view in settings.views}
     out.videos = {view: workdir / f"{view}_view.mp4" for view in settings.views}
     stop = threading.Event()
@@ -220,15 +226,20 @@ def render(
         if "camera" in settings.views:
             views["camera"] = CameraView(scene, inputs.display, width, height, settings.opacity)
         if "world" in settings.views:
-            views["world"] = WorldView(scene, inputs.viewer, inputs.display, floor, grid,
-                                       width, height)  # fmt: skip
+            views["world"] = WorldView(
+                scene, inputs.viewer, inputs.display, floor, grid, width, height
+            )
         writers = {
-            view: stack.enter_context(_writer(
-                out.videos[view], inputs.fps, settings,
-                inputs.video.path if view == "camera" else None,
-            ))
+            view: stack.enter_context(
+                _writer(
+                    out.videos[view],
+                    inputs.fps,
+                    settings,
+                    inputs.video.path if view == "camera" else None,
+                )
+            )
             for view in settings.views
-        }  # fmt: skip
+        }
         backgrounds = (
             _repeated(inputs.video.frames((height, width)), settings.video_frame_repeat)
             if "camera" in views
@@ -244,8 +255,7 @@ def render(
             scene.upload_meshes(frame_meshes)
             drawn += len(frame_meshes)
             for view, renderer in views.items():
-                image = (renderer.render(i, background) if view == "camera"
-                         else renderer.render(i))  # fmt: skip
+                image = renderer.render(i, background) if view == "camera" else renderer.render(i)
                 writers[view].append_data(image)
                 previews[view].offer(i, image)
             progress(i + 1, n, f"rendered frame {i + 1}/{n}")
@@ -254,6 +264,11 @@ def render(
         collector.write_stills(out.stills[view])
         out.clips[view] = workdir / f"{view}_view_clip.gif"
         collector.write_clip(out.clips[view])
-    out.counts = {"frames": n, "tracks": len(inputs.timelines), "person_frames": drawn,
-                  "width": width, "height": height}  # fmt: skip
+    out.counts = {
+        "frames": n,
+        "tracks": len(inputs.timelines),
+        "person_frames": drawn,
+        "width": width,
+        "height": height,
+    }
     return out

@@ -54,10 +54,12 @@ class PreviewCollector:
 
         frame_ms = round(1000 * max(self.clip_step / self.fps, CLIP_MIN_FRAME_S))
         fast = Image.Quantize.FASTOCTREE
-        images = [Image.fromarray(f).quantize(255, fast, dither=Image.Dither.NONE)
-                  for f in self.clip]  # fmt: skip
-        images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                       duration=frame_ms, loop=0)  # fmt: skip
+        images = [
+            Image.fromarray(f).quantize(255, fast, dither=Image.Dither.NONE) for f in self.clip
+        ]
+        images[0].save(
+            path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0
+        )
 
 
 def write_top_view(

@@ -33,10 +33,13 @@ class ShaderCamera:
             "u_focal": (float(k[0, 0]), float(k[1, 1])),
             "u_centre": (float(k[0, 2]), float(k[1, 2])),
             "u_skew": float(k[0, 1]),
-            "u_radial": (float(self.distortion[0]), float(self.distortion[1]),
-                         float(self.distortion[4])),
+            "u_radial": (
+                float(self.distortion[0]),
+                float(self.distortion[1]),
+                float(self.distortion[4]),
+            ),
             "u_tangential": (float(self.distortion[2]), float(self.distortion[3])),
-        }  # fmt: skip
+        }
 
 
 def view_matrix(rotation: np.ndarray, optical_center: np.ndarray) -> np.ndarray:

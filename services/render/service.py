@@ -107,9 +107,7 @@ def compute_render(run: StageRun, body_models: BodyModels[BodyMeshes]) -> StageO
     """The stage's compute function."""
     p = run.params
     with run.step("read"):
-        inputs = load_inputs(
-            *(run.inputs[name] for name in INPUTS), repeat=p["video_frame_repeat"]
-        )
+        inputs = load_inputs(*(run.inputs[name] for name in INPUTS), repeat=p["video_frame_repeat"])
         body_model = inputs.meta.get("body_model", BODY_MODEL)
         gender = inputs.meta.get("gender", "neutral")
         if body_model != BODY_MODEL or gender not in GENDER_TOKENS[BODY_MODEL]:
@@ -162,9 +160,12 @@ def compute_render(run: StageRun, body_models: BodyModels[BodyMeshes]) -> StageO
             files[EXPORT_PREFIX + name] = OutputFile(Path(path), _media_type(name))
     return StageOutputs(
         files=files,
-        counts={**out.counts, "fps": float(out.fps),
-                "exports": sum(k.startswith(EXPORT_PREFIX) for k in files)},
-    )  # fmt: skip
+        counts={
+            **out.counts,
+            "fps": float(out.fps),
+            "exports": sum(k.startswith(EXPORT_PREFIX) for k in files),
+        },
+    )
 
 
 class RenderServicer(render_pb2_grpc.RenderServiceServicer):
@@ -193,9 +194,7 @@ class RenderServicer(render_pb2_grpc.RenderServiceServicer):
     def Run(self, request, context):
         params = validate(request)
         renderer = self.renderer or renderer_info()
-        params.update(
-            body_model_sha256=self._body_model_digests(), gl_renderer=renderer.identity
-        )
+        params.update(body_model_sha256=self._body_model_digests(), gl_renderer=renderer.identity)
         yield from stream_cached_run(
             context,
             render_pb2.RunResponse,

@@ -86,8 +86,14 @@ def write_render_inputs(
     num_frames / video_frame_repeat frames; `invalid` marks frames of a track as invalid (NaN,
     as the fitting stage writes them)."""
     folder.mkdir(parents=True, exist_ok=True)
-    scene = make_scene(body_model, num_frames=num_frames, fps=fps, num_people=num_people,
-                       image_size=(width, height), seed=seed)  # fmt: skip
+    scene = make_scene(
+        body_model,
+        num_frames=num_frames,
+        fps=fps,
+        num_people=num_people,
+        image_size=(width, height),
+        seed=seed,
+    )
     invalid_frames = {}
     tracks = []
     for person in scene.people:
@@ -96,15 +102,17 @@ def write_render_inputs(
             valid[invalid[person.track_id]] = False
         invalid_frames[person.track_id] = np.flatnonzero(~valid)
         nan = np.where(valid[:, None], 1.0, np.nan)
-        tracks.append(fits_format.TrackFits(
-            person.track_id,
-            (person.pose * nan).astype(np.float32),
-            (person.trans * nan).astype(np.float32),
-            person.betas[None].astype(np.float32),
-            np.array([[0, num_frames]], np.int64),
-            np.where(valid, 1.0, np.nan).astype(np.float32),
-            valid,
-        ))  # fmt: skip
+        tracks.append(
+            fits_format.TrackFits(
+                person.track_id,
+                (person.pose * nan).astype(np.float32),
+                (person.trans * nan).astype(np.float32),
+                person.betas[None].astype(np.float32),
+                np.array([[0, num_frames]], np.int64),
+                np.where(valid, 1.0, np.nan).astype(np.float32),
+                valid,
+            )
+        )
     files = RenderFiles(
         scene,
         folder / "video.mp4",
@@ -114,16 +122,31 @@ def write_render_inputs(
         folder / "viewer_cameras.npz",
         invalid_frames,
     )
-    fits_format.save_fits(files.fits, tracks, {
-        "fps": fps, "fps_factor": video_frame_repeat, "num_frames": num_frames,
-        "body_model": "smpl", "gender": "neutral", "units": {"trans": "m", "pose_rotvecs": "rad"},
-    })  # fmt: skip
+    fits_format.save_fits(
+        files.fits,
+        tracks,
+        {
+            "fps": fps,
+            "fps_factor": video_frame_repeat,
+            "num_frames": num_frames,
+            "body_model": "smpl",
+            "gender": "neutral",
+            "units": {"trans": "m", "pose_rotvecs": "rad"},
+        },
+    )
     ground_format.save_ground(files.ground, scene.up, scene.ground_height_mm, 100, 100, True)
     scene.cameras.save(files.display_cameras)
     people = np.stack([p.trans * 1000 for p in scene.people], axis=1)
     viewer_trajectory(scene.cameras, people, fps, scene.up, start_s=0.2, ease_s=0.4).save(
         files.viewer_cameras
     )
-    write_video(files.video, num_frames // video_frame_repeat, width, height,
-                fps / video_frame_repeat, audio=audio, seed=seed)  # fmt: skip
+    write_video(
+        files.video,
+        num_frames // video_frame_repeat,
+        width,
+        height,
+        fps / video_frame_repeat,
+        audio=audio,
+        seed=seed,
+    )
     return files
