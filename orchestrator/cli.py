@@ -50,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--antialias-factor", type=int, default=2)
     run.add_argument("--batch-size", type=int, default=8, help="NLF frames per batch")
     run.add_argument("--internal-batch-size", type=int, default=8)
-    run.add_argument("--renderer", default="none", choices=("none", "poseviz", "blendipose"))
+    run.add_argument(
+        "--renderer", default="opengl", choices=("opengl", "none"),
+        help="opengl: camera/world-view videos, previews and exports (default); none: no render",
+    )  # fmt: skip
     run.add_argument("--force", action="store_true", help="recompute every stage")
     run.add_argument("--output", type=Path, help="results folder (default: ./nlfpipe-results/NAME)")
     run.add_argument(
@@ -67,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stack_sub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     up = stack_sub.add_parser("up", help="start the services and a Prefect server, then return")
-    up.add_argument("--stages", default="ingest,tracking,pose,fitting",
+    up.add_argument("--stages", default="ingest,tracking,pose,fitting,render",
                     help="comma-separated stages to start")
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--no-prefect", action="store_true", help="services only")
@@ -227,13 +230,17 @@ _SUFFIXES = {
     "video/mp4": ".mp4",
     "application/json": ".json",
     "image/png": ".png",
+    "image/gif": ".gif",
     "application/x-bodycompress": ".bcz",
     "application/x-nlfpipe-masks+jsonl+zstd": ".jsonl.zst",
 }
 
 
 def result_file_name(stage: str, output: str, media_type: str) -> str:
-    """`<stage>-<output><suffix>`, the suffix from the media type (`+npz` -> .npz)."""
+    """`<stage>-<output><suffix>`, the suffix from the media type (`+npz` -> .npz); outputs
+    named after their file (render's `exports_scene.glb`) keep their name."""
+    if "." in output:
+        return f"{stage}-{output}"
     suffix = _SUFFIXES.get(media_type) or (
         "." + media_type.rsplit("+", 1)[1] if "+" in media_type else ".bin"
     )

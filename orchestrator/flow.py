@@ -40,7 +40,8 @@ class SubjectChoice(RunInput):
 
 @flow(name="process-video", flow_run_name="{params.video}", validate_parameters=True)
 def process_video(params: VideoParams) -> RunSummary:
-    """Runs one video through ingest, tracking, (camera,) pose and fitting; returns the summary."""
+    """Runs one video through ingest, tracking, (camera,) pose, fitting and render; returns the
+    summary."""
     started = time.monotonic()
     logger = get_run_logger()
     params = _checked(params)
@@ -74,6 +75,12 @@ def process_video(params: VideoParams) -> RunSummary:
     outcomes.append(pose)
     fitting = stage_tasks.fit_bodies(params, pose, cameras, fps_factor, probe)
     outcomes.append(fitting)
+    if params.renderer != "none":
+        interpolation = None  # the interpolation stage's output (fps factor 2) plugs in here
+        render = stage_tasks.render_videos(
+            params, ingest, fitting, interpolation, fps_factor, probe
+        )
+        outcomes.append(render)
 
     summary = RunSummary(
         video=params.video,
@@ -126,6 +133,7 @@ def publish_summary(summary: RunSummary) -> RunSummary:
         key=_artifact_key("run-summary", summary.video),
         description=f"nlfpipe run of {summary.video}",
     )
+    stage_tasks.show_render_previews(summary)
     create_table_artifact(
         table=[
             {
@@ -160,7 +168,7 @@ class BatchOptions(BaseModel):
     fov_deg: float | None = None
     fps_factor: Literal[1, 2] | None = None
     nlf: NlfOptions = Field(default_factory=NlfOptions)
-    renderer: Renderer = "none"
+    renderer: Renderer = "opengl"
     force: bool = False
 
 

@@ -76,6 +76,18 @@ def outcome_from_result(stage: str, result: Message, wall_seconds: float) -> Sta
         elif field.message_type is not None and field.message_type.name == "ArtifactRef":
             for i, ref in enumerate(value):
                 outcome.outputs[f"{field.name}_{i}"] = ArtifactRefModel.from_proto(ref)
+        elif _is_artifact_map(field):
+            for key, ref in sorted(value.items()):
+                outcome.outputs[f"{field.name}_{key}"] = ArtifactRefModel.from_proto(ref)
         else:
             outcome.values[field.name] = as_dict.get(field.name)
     return outcome
+
+
+def _is_artifact_map(field) -> bool:
+    """A `map<string, ArtifactRef>` field (e.g. render's exports by file name)."""
+    entry = field.message_type
+    if entry is None or not entry.GetOptions().map_entry:
+        return False
+    value = entry.fields_by_name["value"].message_type
+    return value is not None and value.name == "ArtifactRef"

@@ -15,10 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 _TIME = re.compile(r"^(?:(?:(\d+):)?(\d{1,2}):)?(\d+(?:\.\d+)?)$")
 
-#: Renderers of the reference; only "none" runs until the render stage lands.
-Renderer = Literal["none", "poseviz", "blendipose"]
+#: "opengl": the render stage (headless OpenGL: camera-view and world-view videos, previews,
+#: exports); "none": no render stage. Rendering is the default: the videos are what people
+#: look at, and on a CPU-only machine it costs far less than the pose stage does.
+Renderer = Literal["opengl", "none"]
 #: Stages this build can run; the flow refuses a run that needs any other.
-AVAILABLE_STAGES = frozenset({"ingest", "tracking", "pose", "fitting"})
+AVAILABLE_STAGES = frozenset({"ingest", "tracking", "pose", "fitting", "render"})
 
 
 class ParameterError(ValueError):
@@ -148,7 +150,11 @@ class VideoParams(BaseModel):
         default=None, description="Output frame-rate multiplier; default 2 if fps <= 40, else 1."
     )
     nlf: NlfOptions = Field(default_factory=NlfOptions)
-    renderer: Renderer = Field(default="none", description="Render videos of the meshes.")
+    renderer: Renderer = Field(
+        default="opengl",
+        description="'opengl': videos of the meshes (camera and world view), previews and "
+        "exports (glTF, BVH, npz); 'none': stop after fitting.",
+    )
     force: bool = Field(default=False, description="Recompute every stage, ignoring the cache.")
 
     @field_validator("video")
@@ -223,14 +229,16 @@ def parse_time_range(text: str) -> tuple[float, float]:
     return start, end
 
 
-def required_stages(params: VideoParams) -> list[str]:
-    """Stages a run with these parameters needs, in pipeline order."""
+def required_stages(params: VideoParams, available: frozenset[str] = AVAILABLE_STAGES) -> list[str]:
+    """Stages a run with these parameters needs, in pipeline order. A render at fps factor 2
+    (or an automatic one) shows the interpolated video when this build has the interpolation
+    stage, else each video frame twice."""
     stages = ["ingest", "tracking"]
     if not params.static_camera:
         stages += ["semseg", "slam"]
     stages += ["pose", "fitting"]
     if params.renderer != "none":
-        if params.fps_factor == 2:
+        if params.fps_factor != 1 and "interpolation" in available:
             stages.append("interpolation")
         stages.append("render")
     return stages
@@ -246,7 +254,7 @@ _MISSING_STAGE_FIELD = {
 
 def check_supported(params: VideoParams, available: frozenset[str] = AVAILABLE_STAGES) -> None:
     """Refuses a run that needs a stage this build does not have, naming the field to change."""
-    for stage in required_stages(params):
+    for stage in required_stages(params, available):
         if stage not in available:
             field, why = _MISSING_STAGE_FIELD.get(stage, ("video", f"the {stage} stage"))
             raise ParameterError(

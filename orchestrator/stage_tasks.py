@@ -233,6 +233,41 @@ def fit_bodies(
     )  # fmt: skip
 
 
+@stage_task("render")
+def render_videos(
+    params: VideoParams,
+    ingest: StageOutcome,
+    fitting: StageOutcome,
+    interpolation: StageOutcome | None,
+    fps_factor: int,
+    probe: ProbeInfo,
+) -> StageOutcome:
+    """Renders the camera-view and world-view videos, their previews and the exports.
+
+    The camera view shows the interpolated video at fps factor 2 when there is one, else the
+    ingested video with each frame shown twice.
+    """
+    from nlfpipe.render.v1 import render_pb2, render_pb2_grpc
+
+    if interpolation is not None:
+        video, repeat = interpolation.ref("video"), 1
+    else:
+        video, repeat = ingest.ref("video"), fps_factor
+    request = render_pb2.RunRequest(
+        video=video,
+        video_frame_repeat=repeat,
+        fits=fitting.ref("fits"),
+        ground=fitting.ref("ground"),
+        display_cameras=fitting.ref("display_cameras"),
+        viewer_cameras=fitting.ref("viewer_cameras"),
+        force=params.force,
+    )
+    return call_stage_rpc(
+        "render", "Run", request, stub_factory=render_pb2_grpc.RenderServiceStub,
+        video_seconds=probe.duration_s,
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # artifacts and links
 
@@ -276,6 +311,26 @@ def show_candidates(preview: StageOutcome) -> None:
         ),
         description="Subject selection",
     )
+
+
+#: The render stage's previews, shown as image artifacts of the run.
+RENDER_PREVIEWS = {
+    "camera_view_clip": "Camera view (animated preview)",
+    "world_view_clip": "World view (animated preview)",
+    "camera_view_stills": "Camera view: three frames",
+    "world_view_stills": "World view: three frames",
+    "top_view": "Top view of the world (metres): camera path and every track's path",
+}
+
+
+def show_render_previews(summary: RunSummary) -> None:
+    """Shows the render previews in the UI (image artifacts, when the store can link them)."""
+    render = next((s for s in summary.stages if s.stage == "render"), None)
+    if render is None:
+        return
+    uris = {name: render.outputs[name].uri for name in RENDER_PREVIEWS if name in render.outputs}
+    for name, link in browser_links(uris).items():
+        create_image_artifact(image_url=link, description=RENDER_PREVIEWS[name])
 
 
 def store_summary(summary: RunSummary) -> str:

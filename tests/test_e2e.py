@@ -6,6 +6,7 @@ One Prefect test harness (a real Prefect server process) serves the whole module
 runs in this process for the engine tests and in a process worker for the deployment tests.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from tests.support.videos import make_test_video
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["ingest", "tracking", "pose", "fitting"]
+STAGES = ["ingest", "tracking", "pose", "fitting", "render"]
 FRAMES, FIGURES = 60, 2
 
 
@@ -143,6 +144,48 @@ def test_second_identical_run_is_all_cache_hits_and_fast(first_and_second_run):
     assert second.stage_wall_seconds <= 0.2 * first.stage_wall_seconds, (
         second.stage_wall_seconds, first.stage_wall_seconds
     )
+
+
+def test_render_outputs_reach_the_results_folder_and_the_ui(e2e, first_and_second_run, tmp_path):
+    import urllib.request
+
+    import av
+
+    from orchestrator.cli import export_results
+    from orchestrator.stage_tasks import RENDER_PREVIEWS
+
+    first, _ = first_and_second_run
+    render = _by_stage(first)["render"]
+    folder = export_results(first, tmp_path / "results")
+    names = {p.name for p in folder.iterdir()}
+    videos = {"render-camera_view_video.mp4", "render-world_view_video.mp4"}
+    previews = {f"render-{name}{'.gif' if name.endswith('clip') else '.png'}"
+                for name in RENDER_PREVIEWS}  # fmt: skip
+    assert videos | previews <= names, sorted(names)
+    exported = {n for n in names if n.startswith("render-exports_")}
+    if importlib.util.find_spec("services.render.exports") is not None:
+        assert "render-exports_scene.glb" in exported, sorted(names)
+        assert sum(n.endswith(".bvh") for n in exported) == FIGURES, sorted(exported)
+    for name in videos:
+        with av.open(str(folder / name)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == FRAMES * first.fps_factor
+
+    images = [a for a in _artifacts_of_type("image") if a.description in RENDER_PREVIEWS.values()]
+    keys = {e2e["store"].key_from_uri(render.outputs[n].uri) for n in RENDER_PREVIEWS}
+    shown = {k for k in keys for a in images if k in a.data}
+    assert shown == keys, "every render preview is an image artifact of the run"
+    top_view = next(a.data for a in images if "top_view" in a.data)
+    with urllib.request.urlopen(top_view, timeout=10) as response:
+        assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _artifacts_of_type(kind: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        kind_filter = ArtifactFilter(type=ArtifactFilterType(any_=[kind]))
+        return client.read_artifacts(artifact_filter=kind_filter)
 
 
 def test_killing_a_service_mid_stage_retries_and_completes(e2e, first_and_second_run):
@@ -269,7 +312,7 @@ def test_deployment_runs_with_parameters_from_the_api(e2e, worker, first_and_sec
     run = run_deployment(
         "process-video/process-video-local",
         # fps_factor 1 changes only the fitting parameters: earlier stages are cache hits (no
-        # progress artifact), fitting computes and reports its progress.
+        # progress artifact), fitting and render compute and report their progress.
         parameters={"params": {"video": str(e2e["video"]), "nlf": {"num_aug": 5}, "fps_factor": 1}},
         job_variables={"env": worker},
         timeout=300,
@@ -279,7 +322,7 @@ def test_deployment_runs_with_parameters_from_the_api(e2e, worker, first_and_sec
     assert f"**People found:** {FIGURES}" in summary
     assert "| pose | cache hit |" in summary
     progress = [a for a in _artifacts(run.id) if a.type == "progress"]
-    assert len(progress) == 1 and progress[0].data == 100.0
+    assert len(progress) == 2 and all(p.data == 100.0 for p in progress)
 
 
 def test_subject_selection_pauses_for_input_and_resumes(e2e, worker):
