@@ -104,12 +104,11 @@ def test_run_writes_videos_previews_exports_then_hits_the_cache(stub, s3, inputs
     else:
         assert not result.exports
     manifest = json.loads(s3.get_bytes(s3.key_from_uri(result.summary.manifest.uri)))
-    params = manifest["params"]
-    assert set(params["body_model_sha256"]) == {
-        "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl", "kid_template.npy"
-    }  # fmt: skip
-    assert all(len(v) == 64 for v in params["body_model_sha256"].values())
-    assert params["gl_renderer"]
+    identity = manifest["params"]["identity"]
+    files = {m["file"]: m["sha256"] for m in identity["models"]}
+    assert set(files) == {"basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl", "kid_template.npy"}
+    assert all(len(v) == 64 for v in files.values())
+    assert "llvmpipe" in identity["device"] or "NVIDIA" in identity["device"]
     again = call_stage(stub.Run, request, timeout_s=300)
     assert again.summary.cache_hit
     assert again.camera_view_video.sha256 == result.camera_view_video.sha256
@@ -170,6 +169,9 @@ def test_another_body_model_file_changes_the_cache_key(tmp_path, monkeypatch, mo
         (folder / "smpl" / f.name).write_bytes(f.read_bytes())
     monkeypatch.setenv("SMPLFITTER_BODY_MODELS", str(folder))
     servicer = RenderServicer(None, BodyModels(load_settings({}), load_body_meshes))
-    first = servicer._body_model_digests()
+    first = servicer.identity()
     np.save(folder / "smpl" / "kid_template.npy", np.ones((6890, 3), np.float32))
-    assert servicer._body_model_digests()["kid_template.npy"] != first["kid_template.npy"]
+    second = servicer.identity()
+    assert first.device == second.device and first.files != second.files
+    kid = [{f.file: f.sha256 for f in i.files}["kid_template.npy"] for i in (first, second)]
+    assert kid[0] != kid[1]

@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 
 from services.common import models
 from services.common.errors import ModelNotReady
+from services.common.identity import FileIdentity, ModelIdentity, file_identity
 from services.common.settings import Settings
 
 BODY_MODEL_FILES = {
@@ -29,6 +30,19 @@ def body_model_files(model_root: Path, body_model: str, gender: str) -> list[Pat
     return [model_root / name.format(gender=token) for name in BODY_MODEL_FILES[body_model]]
 
 
+def file_identities(folder: Path, body_model: str, gender: str) -> list[FileIdentity]:
+    """The sha256 of every file the model reads, for cache keys (services.common.identity)."""
+    return [
+        file_identity(body_model, path, folder)
+        for path in body_model_files(folder, body_model, gender)
+    ]
+
+
+def files_only_identity(folder: Path, body_model: str, gender: str, _model) -> ModelIdentity:
+    """The identity of a loaded model that depends on its files only."""
+    return ModelIdentity.of(file_identities(folder, body_model, gender))
+
+
 def body_model_root(settings: Settings) -> Path:
     """The body_models folder: $SMPLFITTER_BODY_MODELS if set, else the model cache."""
     env = os.environ.get("SMPLFITTER_BODY_MODELS")
@@ -36,13 +50,21 @@ def body_model_root(settings: Settings) -> Path:
 
 
 class BodyModels(Generic[T]):
-    """Loaded body models by (model, gender); `factory(folder, gender)` loads one."""
+    """Loaded body models by (model, gender): `factory(folder, gender)` loads one, and
+    `identify(folder, body_model, gender, model)` says what its results depend on."""
 
-    def __init__(self, settings: Settings, factory: Callable[[Path, str], T]):
+    def __init__(
+        self,
+        settings: Settings,
+        factory: Callable[[Path, str], T],
+        identify: Callable[[Path, str, str, T], ModelIdentity] = files_only_identity,
+    ):
         self.settings = settings
         self.root = body_model_root(settings)
         self._factory = factory
+        self._identify = identify
         self._loaded: dict[tuple[str, str], T] = {}
+        self._identities: dict[tuple[str, str], ModelIdentity] = {}
         self._lock = threading.Lock()
 
     def check(self, body_model: str, gender: str) -> Path:
@@ -60,16 +82,17 @@ class BodyModels(Generic[T]):
             )
         return folder
 
-    def digests(self, body_model: str, gender: str) -> dict[str, str]:
-        """sha256 of every file the model reads, by file name (for cache keys)."""
-        folder = self.check(body_model, gender)
-        return {
-            p.name: models.sha256_of(p) for p in body_model_files(folder, body_model, gender)
-        }
-
     def get(self, body_model: str, gender: str) -> T:
         with self._lock:
             key = (body_model, gender)
             if key not in self._loaded:
-                self._loaded[key] = self._factory(self.check(body_model, gender), gender)
+                folder = self.check(body_model, gender)
+                model = self._factory(folder, gender)
+                self._identities[key] = self._identify(folder, body_model, gender, model)
+                self._loaded[key] = model
             return self._loaded[key]
+
+    def identity(self, body_model: str, gender: str) -> ModelIdentity:
+        """What the results of `get(body_model, gender)` depend on (after `get`)."""
+        with self._lock:
+            return self._identities[(body_model, gender)]

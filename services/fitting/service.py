@@ -16,6 +16,7 @@ from services.common.formats import fits as fits_format
 from services.common.formats import ground as ground_format
 from services.common.formats.cameras import CameraTrack
 from services.common.formats.predictions import UNTRACKED, PredictionsReader
+from services.common.identity import ModelIdentity, data_identity, with_identity
 from services.common.server import (
     StageService,
     artifact_to_proto,
@@ -39,7 +40,18 @@ class BodyModels(body_models.BodyModels[SmplFitter]):
     """SmplFitter instances by (model, gender), loaded from the body model folder."""
 
     def __init__(self, settings: Settings):
-        super().__init__(settings, SmplFitter)
+        super().__init__(settings, SmplFitter, body_model_identity)
+
+
+def body_model_identity(
+    folder: Path, body_model: str, gender: str, smpl: SmplFitter
+) -> ModelIdentity:
+    """The body model files smplfitter read and the vertex subset the fit works on (from a
+    subset file or computed from the template); the fit always runs on the CPU in float32."""
+    files = body_models.file_identities(folder, body_model, gender)
+    subset = np.ascontiguousarray(smpl.vertex_subset, np.int64)
+    files.append(data_identity(body_model, f"vertex_subset[{len(subset)}]", subset.tobytes()))
+    return ModelIdentity.of(files)
 
 
 def validate(request: fitting_pb2.RunRequest) -> dict:
@@ -222,6 +234,8 @@ class FittingServicer(fitting_pb2_grpc.FittingServiceServicer):
     def Run(self, request, context):
         params = validate(request)
         smpl = self.body_models.get(params["body_model"], params["gender"])
+        identity = self.body_models.identity(params["body_model"], params["gender"])
+        params = with_identity(params, identity)
         inputs = {"predictions": request.predictions}
         if request.HasField("cameras"):
             inputs["cameras"] = request.cameras

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from nlfpipe.render.v1 import render_pb2, render_pb2_grpc
-from services.common.body_models import GENDER_TOKENS, BodyModels
+from services.common.body_models import GENDER_TOKENS, BodyModels, file_identities
 from services.common.errors import InvalidInput, ModelNotReady
+from services.common.identity import ModelIdentity, with_identity
 from services.common.server import (
     StageService,
     artifact_to_proto,
@@ -182,19 +183,20 @@ class RenderServicer(render_pb2_grpc.RenderServiceServicer):
         log.info("rendering with %s", self.renderer.identity)
         self.body_models.get(BODY_MODEL, "neutral")
 
-    def _body_model_digests(self) -> dict[str, str]:
-        """sha256 of the body model files of every gender present (a fits file names its
-        gender; hashing them all keeps the key right without reading the fits first)."""
-        digests: dict[str, str] = {}
+    def identity(self) -> ModelIdentity:
+        """The body model files of every gender present (the fits name their gender; hashing
+        all of them keeps the key right without reading the fits first) and, as the device,
+        the OpenGL driver that rasterizes."""
+        files = {}
         for gender in GENDER_TOKENS[BODY_MODEL]:
             with contextlib.suppress(ModelNotReady):
-                digests.update(self.body_models.digests(BODY_MODEL, gender))
-        return digests
+                folder = self.body_models.check(BODY_MODEL, gender)
+                files.update((f.file, f) for f in file_identities(folder, BODY_MODEL, gender))
+        renderer = self.renderer or renderer_info()
+        return ModelIdentity.of(files.values(), device=renderer.identity)
 
     def Run(self, request, context):
-        params = validate(request)
-        renderer = self.renderer or renderer_info()
-        params.update(body_model_sha256=self._body_model_digests(), gl_renderer=renderer.identity)
+        params = with_identity(validate(request), self.identity())
         yield from stream_cached_run(
             context,
             render_pb2.RunResponse,
