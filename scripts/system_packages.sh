@@ -5,6 +5,12 @@
 set -euo pipefail
 
 PACKAGES=(
+  # render: headless OpenGL through EGL on machines without a GPU driver (Mesa's llvmpipe);
+  # moderngl/glcontext load libEGL.so.1 and libGL.so.1 (the glvnd loaders) at run time.
+  libegl1
+  libgl1
+  libegl-mesa0
+  libgl1-mesa-dri
 )
 
 missing=()
