@@ -1,6 +1,7 @@
 """The render stage's gRPC servicer: validates a request, renders and exports through run_stage."""
 
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -96,11 +97,12 @@ def _media_type(name: str) -> str:
 
 
 def _exporter() -> Callable | None:
-    """`services.render.exports.write_exports` (built separately); None until it exists."""
-    try:
-        from services.render.exports import write_exports
-    except ImportError:
+    """`services.render.exports.write_exports` (built separately); None while the package is
+    not part of this build (an exports package that fails to import is an error)."""
+    if importlib.util.find_spec("services.render.exports") is None:
         return None
+    from services.render.exports import write_exports
+
     return write_exports
 
 
