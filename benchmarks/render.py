@@ -62,9 +62,14 @@ def _inputs(folder: Path, seconds: float):
 
 def child(folder: Path, seconds: float, views: list[str], exports: bool) -> dict:
     """One measurement in this process (its peak RSS is this measurement's)."""
+    import torch
+
     from services.render.bodies import BodyMeshes
     from services.render.gl import renderer_info
     from services.render.pipeline import RenderSettings, load_inputs, render
+    from services.render.service import TORCH_THREADS
+
+    torch.set_num_threads(TORCH_THREADS)  # as the service does
 
     body, case, smpl_dir = _inputs(folder, seconds)
     inputs = load_inputs(
