@@ -12,7 +12,7 @@ CUDA GPU) the two single-view runs are repeated on NVIDIA's EGL, else that part 
 
 Usage: .venv/bin/python benchmarks/render.py [--seconds 10] [--long-seconds 40]
 The last printed line is one JSON object (with the 1-minute load average: the machine may be
-shared).
+shared; the CPU milliseconds per frame, of every thread of the process, do not depend on it).
 """
 
 import argparse
@@ -197,6 +197,8 @@ def main() -> None:
         "camera_view_frames_per_s": camera["frames_per_s"],
         "world_view_frames_per_s": world["frames_per_s"],
         "both_views_frames_per_s": both["frames_per_s"],
+        "camera_view_cpu_ms_per_frame": round(1000 * camera["cpu_seconds"] / camera["frames"], 1),
+        "world_view_cpu_ms_per_frame": round(1000 * world["cpu_seconds"] / world["frames"], 1),
         "peak_rss_mb": both["peak_rss_mb"],
         "peak_rss_mb_long": long["peak_rss_mb"],
         "long_seconds": args.long_seconds,
