@@ -1,15 +1,15 @@
 """Import the exports into Blender headless and print what Blender sees, as one JSON object.
 
-Run it with a Python that has `bpy` (PyPI `bpy`, e.g. 5.0 on Python 3.11, in its own venv; it
-is not a dependency of nlfpipe):
+Run it by path with a Python that has `bpy` (PyPI `bpy`, e.g. 5.0.1 on Python 3.11, in a venv
+of its own: bpy is no dependency of nlfpipe, and this script imports nothing else of it):
 
-    python services/render/exports/blender_check.py results/exports/scene.glb \
-        [--bvh results/exports/track_1.bvh] [--frames 0,30,60] [--vertices 0,100]
+    python services/render/exports/blender_check.py scene.glb [--bvh track_1.bvh] \
+        [--frames 0,30,60] [--vertices 0,100 | --vertices all]
 
 Blender's axes are z up: a glTF point (x, y, z) is Blender's (x, -z, y), and BVH centimetres
 are imported with scale 0.01. Frame numbers are output frames: glTF time 0 is Blender frame 0,
-the first BVH frame is Blender frame 1 (the scene's fps is set to the
-export's first, as a user should do before importing).
+BVH frame 0 is Blender frame 1 (its importer starts no earlier); the scene's fps is set to the
+export's first, as a user should do before importing.
 """
 
 from __future__ import annotations
@@ -90,14 +90,14 @@ def main() -> None:
     for path in args.bvh:
         before = set(scene.objects)
         bpy.ops.import_anim.bvh(
-            filepath=str(path), global_scale=0.01, update_scene_fps=False, use_fps_scale=False
+            filepath=str(path), global_scale=0.01, frame_start=1, use_fps_scale=False
         )
         (arm,) = [o for o in scene.objects if o not in before]
         entry = {"file": path.name, "bones": len(arm.pose.bones), "frames": []}
         action = arm.animation_data.action
         entry["frame_range"] = list(action.frame_range)
         for frame in frames:
-            scene.frame_set(frame + 1)
+            scene.frame_set(frame + 1)  # Blender's BVH import starts at frame 1 at the earliest
             entry["frames"].append(
                 {b.name: list(arm.matrix_world @ b.head) for b in arm.pose.bones}
             )
