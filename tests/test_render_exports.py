@@ -2,7 +2,8 @@
 
 The scene: three people walking on a tilted ground in front of a moving, zooming camera.
 Track 1 is valid throughout; track 2 has a gap (frames 15-24 invalid); track 3 has two
-segments with different shapes ([0, 20) and [20, 45)) and invalid frames 40-44. Truth comes from
+segments with different shapes ([0, 20) and [20, 45)) and invalid frames 40-44; track 4 is never
+valid (it is in the npz only). Truth comes from
 smplfitter's body model: joints by its forward kinematics, vertices by linear blend skinning of
 its rest mesh (what a glTF skin can express: SMPL's pose blend shapes are not exported).
 """
@@ -38,6 +39,7 @@ SPLIT = 20  # track 3's second segment starts here
 TAIL = slice(40, 45)  # track 3's trailing invalid frames
 PROBE_FRAMES = [0, 10, 16, 20, 30, 44]
 PROBE_VERTICES = list(range(0, 6890, 97))
+NEVER_VALID = 4  # a track without a single valid frame
 ZOOM = 1.3  # focal length at the last frame relative to the first
 
 
@@ -78,6 +80,18 @@ def inputs(tmp_path_factory, body) -> dict:
         tracks.append(
             TrackFits(p.track_id, pose, trans, betas.astype(np.float32), segments, scale, valid)
         )
+    nothing = np.full((NUM_FRAMES, 72), np.nan, np.float32)
+    tracks.append(
+        TrackFits(
+            NEVER_VALID,
+            nothing,
+            nothing[:, :3],
+            np.full((1, 10), np.nan, np.float32),
+            np.array([[0, NUM_FRAMES]]),
+            nothing[:, 0],
+            np.zeros(NUM_FRAMES, bool),
+        )
+    )
     folder = tmp_path_factory.mktemp("fitting")
     paths = {
         "fits": folder / "fits.npz",
@@ -211,9 +225,12 @@ def skinned_vertices(body: BodyModel, track: TrackFits, frames, segment: int) ->
 
 
 def shown_segments(tracks: dict):
-    """(mesh name, track, segment index, frames where it is shown)."""
+    """(mesh name, track, segment index, probe frames where it is shown) of every segment with
+    a valid frame."""
     for tid, t in tracks.items():
         for k, (start, end) in enumerate(t.segments):
+            if not t.valid[start:end].any():
+                continue
             name = f"track_{tid}" if len(t.segments) == 1 else f"track_{tid}_seg{k}"
             frames = [f for f in PROBE_FRAMES if start <= f < end and t.valid[f]]
             yield name, t, k, frames
@@ -229,8 +246,8 @@ def test_outputs_are_named_per_track_and_segment(exported) -> None:
         "world.npz",
     ]
     assert all(p.is_file() and p.stat().st_size > 0 for p in exported["files"].values())
-    assert exported["progress"][-1][:2] == (5, 5)
-    assert [c[0] for c in exported["progress"]] == [1, 2, 3, 4, 5]
+    assert exported["progress"][-1][:2] == (6, 6)
+    assert [c[0] for c in exported["progress"]] == [1, 2, 3, 4, 5, 6]
 
 
 def test_glb_passes_the_khronos_validator(node_check) -> None:
@@ -428,7 +445,7 @@ def test_world_npz_matches_the_fits(exported, inputs, body, glb) -> None:
     with np.load(exported["files"]["world.npz"], allow_pickle=False) as data:
         assert str(data["format"]) == "nlfpipe.world/1"
         world_meta = json.loads(str(data["meta"]))
-        assert world_meta["track_ids"] == [1, 2, 3]
+        assert world_meta["track_ids"] == [1, 2, 3, NEVER_VALID]
         assert world_meta["fps"] == meta["fps"]
         assert "non-commercial" in world_meta["license"]
         assert list(data["joint_names"]) == list(body.joint_names)
@@ -498,3 +515,19 @@ def test_inconsistent_inputs_are_refused(inputs, model_dir, tmp_path) -> None:
     with pytest.raises(InvalidInput, match=r"track 1: segments .* non-overlapping"):
         write_exports(**{**paths, "fits": tmp_path / "fits.npz"}, gender="neutral", **common)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_without_a_ground_plane_the_world_origin_stays(inputs, model_dir, tmp_path) -> None:
+    save_ground(tmp_path / "ground.json", inputs["scene"].up, float("nan"), 0, 12, False)
+    out = write_exports(
+        **{**inputs["paths"], "ground": tmp_path / "ground.json"},
+        body_model_dir=model_dir,
+        gender="neutral",
+        out_dir=tmp_path / "out",
+        formats=("glb",),
+    )
+    doc = read_glb(out["scene.glb"])["doc"]
+    assert "ground" not in [n.get("name") for n in doc["nodes"]]
+    matrix = np.array(doc["scenes"][0]["extras"]["world_to_scene"])
+    np.testing.assert_array_equal(matrix[:3, 3], 0)
+    np.testing.assert_allclose(matrix[:3, :3] @ inputs["scene"].up, [0, 1, 0], atol=1e-9)
