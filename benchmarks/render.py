@@ -5,7 +5,7 @@ outputs and a matching video with audio; each measurement in a fresh process (it
   world view alone, 10 s   -> world_view_frames_per_s
   both views, 10 s and 40 s -> peak_rss_mb, peak_rss_mb_long (flat: memory does not grow with
                                the video)
-  exports of the 10 s fits -> export_s (null until services/render/exports exists)
+  exports of the 10 s fits -> export_s (GLB, BVH and npz)
 
 CPU numbers use Mesa's EGL (llvmpipe) even where an NVIDIA driver is installed; with one (and a
 CUDA GPU) the two single-view runs are repeated on NVIDIA's EGL, else that part is skipped.
@@ -99,21 +99,18 @@ def child(folder: Path, seconds: float, views: list[str], exports: bool) -> dict
         cpu_seconds=round(time.process_time() - cpu, 2),
     )
     if exports:
-        try:
-            from services.render.exports import write_exports
-        except ImportError:
-            result["export_s"] = None
-        else:
-            start = time.perf_counter()
-            write_exports(
-                fits=case / "fits.npz",
-                ground=case / "ground.json",
-                display_cameras=case / "display_cameras.npz",
-                body_model_dir=smpl_dir,
-                gender="neutral",
-                out_dir=out_dir / "exports",
-            )
-            result["export_s"] = round(time.perf_counter() - start, 2)
+        from services.render.exports import write_exports
+
+        start = time.perf_counter()
+        write_exports(
+            fits=case / "fits.npz",
+            ground=case / "ground.json",
+            display_cameras=case / "display_cameras.npz",
+            body_model_dir=smpl_dir,
+            gender="neutral",
+            out_dir=out_dir / "exports",
+        )
+        result["export_s"] = round(time.perf_counter() - start, 2)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result["peak_rss_mb"] = round(
         max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, children) / 1024, 1

@@ -6,7 +6,6 @@ One Prefect test harness (a real Prefect server process) serves the whole module
 runs in this process for the engine tests and in a process worker for the deployment tests.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -163,10 +162,9 @@ def test_render_outputs_reach_the_results_folder_and_the_ui(e2e, first_and_secon
                 for name in RENDER_PREVIEWS}  # fmt: skip
     assert videos | previews <= names, sorted(names)
     exported = {n for n in names if n.startswith("render-exports_")}
-    if importlib.util.find_spec("services.render.exports") is not None:
-        assert "render-exports_scene.glb" in exported, sorted(names)
-        bvh = {n.removesuffix(".bvh").split("_")[2] for n in exported if n.endswith(".bvh")}
-        assert bvh == {str(t) for t in range(FIGURES)}, sorted(exported)
+    assert {"render-exports_scene.glb", "render-exports_world.npz"} <= exported, sorted(names)
+    bvh = {n.removesuffix(".bvh").split("_")[2] for n in exported if n.endswith(".bvh")}
+    assert bvh == {str(t) for t in range(FIGURES)}, sorted(exported)
     for name in videos:
         with av.open(str(folder / name)) as container:
             assert sum(1 for _ in container.decode(video=0)) == FRAMES * first.fps_factor

@@ -1,7 +1,6 @@
 """The render service as a real process over gRPC, with a real S3 server: outputs and cache
 hit, cancellation, bad input refused with nothing published."""
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ from tests.support.services import start_service
 
 BUCKET = "render-service-test"
 NUM_FRAMES, WIDTH, HEIGHT = 16, 160, 96
-EXPORTS_BUILT = importlib.util.find_spec("services.render.exports") is not None
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +96,10 @@ def test_run_writes_videos_previews_exports_then_hits_the_cache(stub, s3, inputs
         ref = getattr(result, name)
         head = s3.get_bytes(s3.key_from_uri(ref.uri))[:16]
         assert magic in head, name
-    if EXPORTS_BUILT:
-        names = set(result.exports)
-        assert {"scene.glb", "world.npz"} <= names and any(n.endswith(".bvh") for n in names)
-    else:
-        assert not result.exports
+    names = set(result.exports)
+    assert names == {"scene.glb", "world.npz", "track_1.bvh", "track_2.bvh"}
+    glb = s3.get_bytes(s3.key_from_uri(result.exports["scene.glb"].uri))
+    assert glb[:4] == b"glTF" and result.exports["scene.glb"].media_type == "model/gltf-binary"
     manifest = json.loads(s3.get_bytes(s3.key_from_uri(result.summary.manifest.uri)))
     identity = manifest["params"]["identity"]
     files = {m["file"]: m["sha256"] for m in identity["models"]}

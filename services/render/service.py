@@ -1,9 +1,7 @@
 """The render stage's gRPC servicer: validates a request, renders and exports through run_stage."""
 
 import contextlib
-import importlib.util
 import logging
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from services.common.settings import Settings
 from services.common.stagerun import OutputFile, StageOutputs, StageResult, StageRun
 from services.common.store import ArtifactStore
 from services.render.bodies import BodyMeshes
+from services.render.exports import write_exports
 from services.render.gl import RendererInfo, renderer_info
 from services.render.pipeline import RenderSettings, load_inputs, render
 
@@ -100,16 +99,6 @@ def _media_type(name: str) -> str:
     return EXPORT_MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
 
 
-def _exporter() -> Callable | None:
-    """`services.render.exports.write_exports` (built separately); None while the package is
-    not part of this build (an exports package that fails to import is an error)."""
-    if importlib.util.find_spec("services.render.exports") is None:
-        return None
-    from services.render.exports import write_exports
-
-    return write_exports
-
-
 def compute_render(run: StageRun, body_models: BodyModels[BodyMeshes]) -> StageOutputs:
     """The stage's compute function."""
     p = run.params
@@ -143,10 +132,7 @@ def compute_render(run: StageRun, body_models: BodyModels[BodyMeshes]) -> StageO
         files[f"{view}_view_video"] = OutputFile(out.videos[view], "video/mp4")
         files[f"{view}_view_stills"] = OutputFile(out.stills[view], "image/png")
         files[f"{view}_view_clip"] = OutputFile(out.clips[view], "image/gif")
-    write_exports = _exporter() if p["export_formats"] else None
-    if write_exports is None and p["export_formats"]:
-        log.warning("services.render.exports is not installed: no exports are written")
-    if write_exports is not None:
+    if p["export_formats"]:
 
         def export_progress(done: int, total: int, message: str) -> None:
             run.check_cancelled()
