@@ -24,6 +24,7 @@ from services.common.settings import Settings, load_settings
 from services.common.stagerun import Progress, StageResult, run_stage
 from services.common.stages import stage_spec
 from services.common.store import ArtifactInfo, ArtifactStore, open_store
+from services.common.threads import apply_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -320,6 +321,8 @@ def serve(
     spec = stage_spec(stage)
     settings = load_settings()
     configure_logging(stage, settings.log_level, settings.log_format)
+    if spec.learned:
+        apply_torch_threads(settings)
     store = open_store(settings)
     if build is None:
         build = importlib.import_module(f"services.{stage}.service").build
