@@ -5,6 +5,7 @@ import importlib
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -321,12 +322,12 @@ def serve(
     spec = stage_spec(stage)
     settings = load_settings()
     configure_logging(stage, settings.log_level, settings.log_format)
-    if spec.learned:
-        apply_torch_threads(settings)
     store = open_store(settings)
     if build is None:
         build = importlib.import_module(f"services.{stage}.service").build
     service = build(settings, store)
+    if spec.learned and "torch" in sys.modules:  # before load(); never imports torch itself
+        apply_torch_threads(settings)
     chosen_port = (
         spec.port
         if port is None and settings.port is None

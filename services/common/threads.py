@@ -10,8 +10,10 @@ threads. Measured defaults (docs/benchmarks.md, "threads"):
 - CPU: one thread per core but one (at least 1), leaving a core to the decoder, the writer
   and the stages beside it.
 
-``serve`` applies the count once, before the stage loads its models; benchmarks call
-``apply_torch_threads`` so that they measure the service's own configuration.
+``serve`` applies the count once for a learned stage whose service modules import torch (all
+of them import it at module level), after building the service and before it loads its
+models; benchmarks call ``apply_torch_threads`` so that they measure the service's own
+configuration.
 """
 
 import logging
