@@ -28,6 +28,8 @@ BODY_MODEL_FILES = {
 }
 GENDER_TOKENS = {"smpl": {"neutral": "neutral", "female": "f", "male": "m"}}
 FOOT_JOINTS = (10, 11)
+FOOT_PARTS = (7, 8, 10, 11)  # ankles and feet (toes): the parts whose vertices form the soles
+SOLE_PERCENTILE = 2.0
 
 
 def body_model_files(model_root: Path, body_model: str, gender: str) -> list[Path]:
@@ -46,6 +48,20 @@ def farthest_point_subset(points: np.ndarray, count: int) -> np.ndarray:
         chosen.append(i)
         dist = np.minimum(dist, np.linalg.norm(points - points[i], axis=1))
     return np.array(sorted(chosen), np.int64)
+
+
+@torch.inference_mode()
+def sole_offset_m(body_model) -> float:
+    """Height of the foot joints (10, 11) above the soles, in metres, for a smplfitter
+    BodyModel: in its rest pose with the mean shape (standing, feet flat, y up), the mean
+    height of the two foot joints minus the sole height, the 2nd percentile of the heights of
+    the vertices skinned to the ankle and foot parts (robust to a stray low vertex)."""
+    num_betas = body_model.shapedirs.shape[-1]
+    rest = body_model(torch.zeros(1, 72), torch.zeros(1, num_betas))
+    verts, joints = rest["vertices"][0].numpy(), rest["joints"][0].numpy()
+    part = body_model.weights.numpy().argmax(axis=1)
+    sole = np.percentile(verts[np.isin(part, FOOT_PARTS), 1], SOLE_PERCENTILE)
+    return float(joints[list(FOOT_JOINTS), 1].mean() - sole)
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,7 @@ class SmplFitter:
         self.prelim_fitter = BodyFitter(prelim_model)
         self.prelim_model = prelim_model
         self.joint_regressor = fit_joint_regressor(sub_model)
+        self.sole_offset_m = sole_offset_m(self.body_model)
         n_sub = len(self.vertex_subset)
         # The reference's regularizer scaling for fits on a subset of the 6890+24 points.
         self.reg_factor = (n_sub + NUM_JOINTS) / (self.body_model.num_vertices + NUM_JOINTS)

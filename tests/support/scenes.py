@@ -36,7 +36,7 @@ class Scene:
     fps: float
     cameras: CameraTrack
     up: np.ndarray  # true ground normal (unit, pointing up)
-    ground_height_mm: float  # height of the foot-joint contact plane along `up`
+    foot_joint_height_mm: float  # height along `up` of the plane the lower foot joint touches
     people: list[Person] = field(default_factory=list)
 
     @property
