@@ -254,7 +254,7 @@ def test_ground_plane_from_all_people(smpl, scene, clean_run):
     ground = clean_run.ground
     assert ground.found
     assert angle_degrees(ground.up, scene.up) <= 1.0
-    assert abs(ground.foot_joint_height_mm - scene.foot_joint_height_mm) <= 20
+    assert abs(ground.foot_joint_height_mm - scene.ground_height_mm) <= 20
     # The ground proper is the floor under the soles, the body model's offset lower.
     assert ground.sole_offset_mm == pytest.approx(smpl.sole_offset_m * 1000)
     assert ground.height_mm == pytest.approx(ground.foot_joint_height_mm - ground.sole_offset_mm)
@@ -280,7 +280,7 @@ def test_ground_plane_survives_one_corrupted_track(smpl, scene):
     )
     ground = run_fitting(inputs, scene.cameras, smpl, scene.fps, 1).ground
     assert angle_degrees(ground.up, scene.up) <= 1.0
-    assert abs(ground.foot_joint_height_mm - scene.foot_joint_height_mm) <= 20
+    assert abs(ground.foot_joint_height_mm - scene.ground_height_mm) <= 20
 
 
 def test_frame_doubling_gives_2t_frames_with_middle_frames_between_neighbours(smpl, scene):

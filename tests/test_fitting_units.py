@@ -233,11 +233,11 @@ def test_ground_files_of_version_1_are_read_with_the_foot_joint_plane(tmp_path):
                                 "points": 12}))  # fmt: skip
     old = load_ground(path)
     assert old["foot_joint_height_mm"] == 1500.0 and old["sole_offset_mm"] == 0.0
-    save_ground(tmp_path / "g2.json", [0, -1, 0], 1460.0, 1500.0, 40.0, "smpl", 9, 12, True)
+    save_ground(tmp_path / "g2.json", [0, -1, 0], 1460.0, 9, 12, True, sole_offset_mm=40.0)
     new = load_ground(tmp_path / "g2.json")
     assert new["format"] == "nlfpipe.ground/2"
     assert (new["height_mm"], new["foot_joint_height_mm"], new["sole_offset_mm"]) == (
         1460.0, 1500.0, 40.0,
     )  # fmt: skip
-    save_ground(tmp_path / "g3.json", [0, -1, 0], np.nan, np.nan, 40.0, "smpl", 0, 2, False)
+    save_ground(tmp_path / "g3.json", [0, -1, 0], np.nan, 0, 2, False, sole_offset_mm=40.0)
     assert load_ground(tmp_path / "g3.json")["height_mm"] is None

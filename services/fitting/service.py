@@ -240,8 +240,9 @@ def compute_fits(run: StageRun, smpl: SmplFitter) -> StageOutputs:
         g = out.ground
         ground_path = run.workdir / "ground.json"
         ground_format.save_ground(
-            ground_path, g.up, g.height_mm, g.foot_joint_height_mm, g.sole_offset_mm,
-            p["body_model"], g.inliers, g.points, g.found,
+            ground_path, g.up, g.height_mm, g.inliers, g.points, g.found,
+            foot_joint_height_mm=g.foot_joint_height_mm, sole_offset_mm=g.sole_offset_mm,
+            body_model=p["body_model"],
         )  # fmt: skip
         files["ground"] = OutputFile(ground_path, ground_format.MEDIA_TYPE)
         for name, track in (("viewer_cameras", out.viewer), ("display_cameras", out.display)):

@@ -36,7 +36,9 @@ class Scene:
     fps: float
     cameras: CameraTrack
     up: np.ndarray  # true ground normal (unit, pointing up)
-    foot_joint_height_mm: float  # height along `up` of the plane the lower foot joint touches
+    # Height along `up` of the plane the lower foot joint touches (the foot-joint plane of the
+    # ground file; the floor under the soles is the body model's sole offset lower).
+    ground_height_mm: float
     people: list[Person] = field(default_factory=list)
 
     @property

@@ -30,15 +30,18 @@ def save_ground(
     path: Path,
     up,
     height_mm: float,
-    foot_joint_height_mm: float,
-    sole_offset_mm: float,
-    body_model: str,
     inliers: int,
     points: int,
     found: bool,
+    *,
+    foot_joint_height_mm: float | None = None,
+    sole_offset_mm: float = 0.0,
+    body_model: str = "smpl",
 ) -> None:
-    """Writes a ground file; `height_mm` is the floor, `foot_joint_height_mm` the foot joints'
-    plane (NaN heights when not found)."""
+    """Writes a ground file; `height_mm` is the floor (NaN when not found), the foot joints'
+    plane `foot_joint_height_mm` defaults to `sole_offset_mm` above it."""
+    if foot_joint_height_mm is None:
+        foot_joint_height_mm = height_mm + sole_offset_mm
     doc = {
         "format": FORMAT,
         "found": bool(found),
