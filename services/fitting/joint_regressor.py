@@ -61,6 +61,9 @@ def regress_joints(
 ) -> np.ndarray:
     """(n, J, 3) joints regressed from (n, V, 3) vertices; a joint whose regressor reads a
     missing vertex (weight 0) keeps its `fallback` (n, J, 3) value."""
-    regressed = np.einsum("jv,nvc->njc", weights, vertices)
-    reads_missing = (vertex_weights <= 0).astype(np.float32) @ (weights != 0).T.astype(np.float32)
+    regressed = (weights @ vertices).astype(np.float32)  # (J, V) @ (n, V, 3)
+    missing = vertex_weights <= 0
+    if not missing.any():
+        return regressed
+    reads_missing = missing.astype(np.float32) @ (weights != 0).T.astype(np.float32)
     return np.where(reads_missing[..., None] > 0, fallback, regressed).astype(np.float32)
