@@ -13,6 +13,10 @@ estimate at s from the other frames of the window), so that a frame cannot vote 
 with the reference's distance to y_s an outlier frame that holds most of the centre tap's
 weight keeps its own estimate and is never pulled back.
 
+The points' final estimate may instead be a robust local quadratic (`fit_kernel`): the value at
+t of the quadratic in time fitted to the window's frames with weights fit tap x w' (the final
+robust weights), which keeps real acceleration that a weighted mean damps.
+
 Frames with zero prior weight are missing: they contribute nothing, and the estimate there is
 whatever the rest of the window supports (see `support`). Segments are filtered independently,
 so nothing is ever smoothed across a split.
