@@ -12,7 +12,6 @@ from services.common.models import require_model, sha256_of
 from services.common.settings import Settings, env_choice, resolve_device
 from services.interpolation.flow import FlowInterpolator
 from services.interpolation.pipeline import Interpolator
-from services.interpolation.rife import load_rife
 
 BACKEND_ENV = "NLFPIPE_INTERPOLATION_BACKEND"
 BACKENDS = ("auto", "rife", "flow")
@@ -31,5 +30,7 @@ def load_backend(settings: Settings, name: str) -> Interpolator:
     """The backend, its checkpoint read from the model cache (ModelNotReady when missing)."""
     if name == "flow":
         return FlowInterpolator()
+    from services.interpolation.rife import load_rife  # torch, only for this backend
+
     path = require_model(MODEL, settings)
     return load_rife(path, resolve_device(settings), sha256_of(path))

@@ -15,7 +15,6 @@ from services.common import frame_doubling
 from services.common.errors import InvalidInput, PreconditionFailed
 from services.common.formats.video import VIDEO_MEDIA_TYPE
 from services.common.stagerun import OutputFile, StageOutputs, StageRun
-from services.interpolation.rife import SCALES
 from services.interpolation.video import (
     SourceFrame,
     VideoEncoder,
@@ -28,6 +27,8 @@ from services.interpolation.video import (
 STAGE = "interpolation"
 VERSION = "1"
 DEFAULT_CRF = 15
+# RIFE flow scales (0: automatic); 1 estimates the flow at full resolution.
+SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 class Interpolator(Protocol):

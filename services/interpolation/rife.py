@@ -12,7 +12,6 @@ from services.interpolation.ifnet import RIFE_VERSION, IFNet, load_ifnet, pad_mu
 
 # Frames at or above this height use flow scale 0.5 (the reference's rule), else 1.
 HALF_SCALE_HEIGHT = 1600
-SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def auto_scale(height: int) -> float:
