@@ -45,7 +45,7 @@ class Copying:
     identity = {"backend": "copy"}
 
     def middles(self, firsts, seconds, flow_scale):
-        return firsts
+        return [f.yuv for f in firsts]
 
 
 def backend_for(mode: str):

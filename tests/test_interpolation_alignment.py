@@ -90,7 +90,7 @@ class Copying:
         self.identity = {"backend": self.name}
 
     def middles(self, firsts, seconds, flow_scale):
-        return (firsts, seconds)[self.which].copy()
+        return [f.yuv for f in (firsts, seconds)[self.which]]
 
 
 def interpolate(store, path: Path, backend, **params):

@@ -123,6 +123,6 @@ def test_rife_middles_of_odd_sized_batches_come_back_cropped(network):
     rng = np.random.default_rng(1)
     firsts = rng.integers(0, 256, (2, 90, 166, 3), np.uint8)
     seconds = rng.integers(0, 256, (2, 90, 166, 3), np.uint8)
-    out = rife.middles(firsts, seconds, 0.0)
+    out = rife.middles_rgb(firsts, seconds, 0.0)
     assert out.shape == firsts.shape and out.dtype == np.uint8
     assert out.std() > 0  # the network ran (random weights: the values mean nothing)

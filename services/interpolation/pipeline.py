@@ -21,7 +21,6 @@ from services.interpolation.video import (
     count_frames,
     decode_frames,
     inspect_video,
-    rgb_to_yuv,
 )
 
 STAGE = "interpolation"
@@ -41,8 +40,10 @@ class Interpolator(Protocol):
     def identity(self) -> dict:
         """Backend, model sha256, device and precision: what shapes the numbers."""
 
-    def middles(self, firsts: np.ndarray, seconds: np.ndarray, flow_scale: float) -> np.ndarray:
-        """uint8 [B, H, W, 3] RGB pairs -> their middle frames, same shape."""
+    def middles(
+        self, firsts: Sequence[SourceFrame], seconds: Sequence[SourceFrame], flow_scale: float
+    ) -> list[np.ndarray]:
+        """The 4:2:0 planes (uint8 [H * 3 / 2, W]) of the frames halfway between each pair."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,8 @@ def compute_interpolation(
     def middles(firsts: Sequence[SourceFrame], seconds: Sequence[SourceFrame]):
         run.check_cancelled()
         with run.step("interpolate"):
-            made = backend.middles(
-                np.stack([f.rgb for f in firsts]), np.stack([f.rgb for f in seconds]),
-                params.flow_scale,
-            )  # fmt: skip
-        return [SourceFrame(-1, rgb_to_yuv(rgb, facts), rgb) for rgb in made]
+            made = backend.middles(firsts, seconds, params.flow_scale)
+        return [SourceFrame(yuv, facts) for yuv in made]
 
     with VideoEncoder(output, source, facts, rate, params.crf) as encoder:
         doubled = frame_doubling.stream_doubled(

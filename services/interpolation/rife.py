@@ -2,6 +2,7 @@
 padded right and bottom to the multiple the flow scale needs and cropped back."""
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from services.interpolation.ifnet import RIFE_VERSION, IFNet, load_ifnet, pad_multiple
+from services.interpolation.video import SourceFrame, rgb_to_yuv
 
 # Frames at or above this height use flow scale 0.5 (the reference's rule), else 1.
 HALF_SCALE_HEIGHT = 1600
@@ -64,8 +66,18 @@ class RifeInterpolator:
             "precision": "fp16" if self.fp16 else "fp32",
         }
 
+    def middles(
+        self, firsts: Sequence[SourceFrame], seconds: Sequence[SourceFrame], flow_scale: float
+    ) -> list[np.ndarray]:
+        """The 4:2:0 planes of the frames halfway between each pair (RGB in the stream's
+        matrix and range for the network)."""
+        rgb = self.middles_rgb(
+            np.stack([f.rgb for f in firsts]), np.stack([f.rgb for f in seconds]), flow_scale
+        )
+        return [rgb_to_yuv(frame, firsts[0].facts) for frame in rgb]
+
     @torch.inference_mode()
-    def middles(self, firsts: np.ndarray, seconds: np.ndarray, flow_scale: float) -> np.ndarray:
+    def middles_rgb(self, firsts: np.ndarray, seconds: np.ndarray, flow_scale: float) -> np.ndarray:
         """The frames halfway between each pair: uint8 [B, H, W, 3] RGB in and out."""
         height, width = firsts.shape[1:3]
         scale = flow_scale or auto_scale(height)

@@ -2,8 +2,8 @@
 
 In: the ingest stage's output (constant frame rate, 8-bit yuv420p H.264, no rotation), checked
 packet by packet before any decoding, then decoded frame by frame. Each frame keeps its exact
-YUV planes (written out unchanged as the even output frames) and an RGB copy for the
-interpolator, converted with the stream's own matrix and range.
+YUV planes (written out unchanged as the even output frames); an interpolator that needs RGB
+(RIFE) gets it converted with the stream's own matrix and range.
 
 Out: raw frames piped into ffmpeg (libx264, 8-bit yuv420p, or yuvj420p for a full-range
 input, constant rate at twice the input's), tagged with the input's colour range, matrix,
@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 from pathlib import Path
 
 import av
@@ -64,11 +65,40 @@ class VideoFacts:
 
 @dataclass
 class SourceFrame:
-    """One decoded frame: its yuv420p planes as stored (Y, then U, then V) and RGB."""
+    """One frame: its 4:2:0 planes as decoded (Y, then U, then V: uint8 [H * 3 / 2, W]) and,
+    made on first use, RGB in the stream's matrix and range."""
 
-    index: int
-    yuv: np.ndarray  # uint8 [H * 3 / 2, W]
-    rgb: np.ndarray  # uint8 [H, W, 3]
+    yuv: np.ndarray
+    facts: VideoFacts
+
+    @property
+    def luma(self) -> np.ndarray:
+        """The Y plane, [H, W]."""
+        h, w = self.facts.height, self.facts.width
+        return self.yuv.reshape(-1)[: h * w].reshape(h, w)
+
+    @property
+    def chroma(self) -> np.ndarray:
+        """U and V, [H / 2, W / 2, 2]."""
+        h, w = self.facts.height, self.facts.width
+        planes = self.yuv.reshape(-1)[h * w :].reshape(2, h // 2, w // 2)
+        return np.ascontiguousarray(planes.transpose(1, 2, 0))
+
+    @cached_property
+    def rgb(self) -> np.ndarray:
+        """uint8 [H, W, 3]."""
+        frame = av.VideoFrame.from_ndarray(self.yuv, format=self.facts.pix_fmt)
+        return frame.reformat(
+            format="rgb24", src_colorspace=self.facts.matrix,
+            src_color_range=self.facts.swscale_range,
+        ).to_ndarray()  # fmt: skip
+
+
+def join_planes(luma: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+    """Y [H, W] and U, V [H / 2, W / 2, 2] -> 4:2:0 planes [H * 3 / 2, W]."""
+    h, w = luma.shape
+    planes = (luma.reshape(-1), chroma[..., 0].reshape(-1), chroma[..., 1].reshape(-1))
+    return np.concatenate(planes).reshape(h * 3 // 2, w)
 
 
 def _not_ingested(name: str, problem: str) -> InvalidInput:
@@ -149,15 +179,12 @@ def _constant_rate(stream: av.VideoStream, timestamps: list, name: str) -> Fract
 
 
 def decode_frames(path: Path, facts: VideoFacts) -> Iterator[SourceFrame]:
-    """The frames in order, each as yuv420p planes and RGB (the stream's matrix and range)."""
+    """The frames in order."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for index, frame in enumerate(container.decode(stream)):
-            rgb = frame.reformat(
-                format="rgb24", src_colorspace=facts.matrix, src_color_range=facts.swscale_range
-            ).to_ndarray()
-            yield SourceFrame(index, frame.to_ndarray(), rgb)
+        for frame in container.decode(stream):
+            yield SourceFrame(frame.to_ndarray(), facts)
 
 
 def rgb_to_yuv(rgb: np.ndarray, facts: VideoFacts) -> np.ndarray:
