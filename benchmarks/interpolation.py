@@ -14,14 +14,13 @@ Output fps are frames of the doubled video per second of wall time. With a CUDA 
 measures RIFE in fp16 at 720p and 1080p; without one that part is skipped. Targets on two
 cores: flow >= 20 output fps at 720p, overhead >= 100. The last printed line is one JSON object.
 
-Usage: python benchmarks/interpolation.py [--seconds 10] [--long-seconds 40] [--rife-seconds 1]
+Usage: python benchmarks/interpolation.py [--seconds 10] [--long-seconds 40] [--rife-seconds 0.5]
 """
 
 import argparse
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -65,22 +64,25 @@ def backend_for(mode: str):
     return RifeInterpolator(IFNet(), device, "random-weights")
 
 
-class EncoderMemory(threading.Thread):
-    """Samples the RSS of this process's children (the ffmpeg encoder) every 0.1 s.
+class MemorySampler(threading.Thread):
+    """Samples the RSS of this process and of its children (the ffmpeg encoder) every 0.05 s.
 
-    (RUSAGE_CHILDREN would report the RSS the fork inherited from this process.)"""
+    (ru_maxrss would count the RSS that the parent had when it forked this process.)"""
 
     def __init__(self):
         super().__init__(daemon=True)
         self.peak_mb = 0.0
+        self.encoder_peak_mb = 0.0
         self.stop = threading.Event()
 
     def run(self) -> None:
         me = psutil.Process()
-        while not self.stop.wait(0.1):
+        while not self.stop.wait(0.05):
+            self.peak_mb = max(self.peak_mb, me.memory_info().rss / 2**20)
             for process in me.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
+                    rss = process.memory_info().rss / 2**20
+                    self.encoder_peak_mb = max(self.encoder_peak_mb, rss)
 
 
 def child(mode: str, video: Path) -> None:
@@ -88,21 +90,22 @@ def child(mode: str, video: Path) -> None:
     from services.interpolation.pipeline import InterpolationParams, compute_interpolation
 
     backend = backend_for(mode)
-    encoder = EncoderMemory()
-    encoder.start()
+    memory = MemorySampler()
+    memory.start()
     with tempfile.TemporaryDirectory() as tmp:
         run = StageRun(Path(tmp), {"video": video}, {}, None, None)
         start = time.perf_counter()
         outputs = compute_interpolation(run, InterpolationParams(), backend)
         seconds = time.perf_counter() - start
-    encoder.stop.set()
+    memory.stop.set()
+    memory.join()
     print(json.dumps({
         "frames": outputs.counts["frames"],
         "seconds": seconds,
         "output_fps": outputs.counts["frames"] / seconds,
         "model_seconds": run.timings.get("interpolate", 0.0),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "encoder_peak_rss_mb": encoder.peak_mb,
+        "peak_rss_mb": memory.peak_mb,
+        "encoder_peak_rss_mb": memory.encoder_peak_mb,
     }))  # fmt: skip
 
 
@@ -122,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--long-seconds", type=float, default=40.0)
-    parser.add_argument("--rife-seconds", type=float, default=1.0)
+    parser.add_argument("--rife-seconds", type=float, default=0.5)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--child", choices=["flow", "overhead", "rife-cpu", "rife-gpu"])
     parser.add_argument("--video", type=Path)

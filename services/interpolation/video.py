@@ -26,6 +26,9 @@ from services.common.errors import InvalidInput
 
 X264_PRESET = "veryfast"
 KEYFRAME_INTERVAL_S = 2.0
+# Frame durations may jitter this much and still count as a constant rate (as in ingest's probe).
+CFR_TOLERANCE = 0.005
+CFR_JITTER_S = 0.001
 # 8-bit 4:2:0; ffmpeg's H.264 decoder reports full-range streams as yuvj420p.
 PIXEL_FORMATS = ("yuv420p", "yuvj420p")
 _REINGEST = "run the ingest stage on the source and interpolate its output video"
@@ -162,15 +165,19 @@ def _rotation(path: Path) -> int:
 
 
 def _constant_rate(stream: av.VideoStream, timestamps: list, name: str) -> Fraction:
+    """The frame rate; InvalidInput unless the frame durations are constant, within the jitter
+    ingest's probe allows (a tick of the time base, a millisecond, or 0.5%)."""
     if any(t is None for t in timestamps):
         raise _not_ingested(name, "its frames have no timestamps")
-    steps = set(np.diff(sorted(timestamps)).tolist())
-    if len(steps) > 1 and max(steps) - min(steps) > 1:
-        raise _not_ingested(name, f"its frame durations vary ({min(steps)}..{max(steps)} ticks "
-                            f"of {stream.time_base} s)")  # fmt: skip
+    steps = np.diff(sorted(timestamps))
     rate = stream.average_rate or stream.guessed_rate
-    if steps:
-        measured = 1 / (Fraction(sum(steps), len(steps)) * stream.time_base)
+    if len(steps):
+        step = float(steps.mean())
+        slack = max(1.0, CFR_JITTER_S / float(stream.time_base), CFR_TOLERANCE * step)
+        if steps.min() <= 0 or np.abs(steps - step).max() > slack:
+            raise _not_ingested(name, f"its frame durations vary ({steps.min()}..{steps.max()} "
+                                f"ticks of {stream.time_base} s)")  # fmt: skip
+        measured = 1 / (Fraction(int(steps.sum()), len(steps)) * stream.time_base)
         if rate is None or abs(float(rate) - float(measured)) > 0.002 * float(measured):
             rate = measured.limit_denominator(1001)
     if not rate:
