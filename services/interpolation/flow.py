@@ -30,18 +30,16 @@ VERSION = "dis-fast-1"
 
 
 @lru_cache(maxsize=8)
-def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel x and y coordinates (shared, read-only)."""
+def _grid(height: int, width: int) -> np.ndarray:
+    """Pixel coordinates (x, y), [H, W, 2] float32 (shared, read-only)."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    return xs, ys
+    return np.stack((xs, ys), axis=-1)
 
 
 def _sample(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    xs, ys = _grid(*flow.shape[:2])
-    return cv2.remap(
-        image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )  # fmt: skip
+    """`image` at each pixel plus `flow` (bilinear, replicated borders)."""
+    where = _grid(*flow.shape[:2]) + flow
+    return cv2.remap(image, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _resized_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
