@@ -41,7 +41,6 @@ class Copying:
 
     name = "copy"
     batch_size = 4
-    identity = {"backend": "copy"}
 
     def middles(self, firsts, seconds, flow_scale):
         return [f.yuv for f in firsts]
@@ -61,7 +60,7 @@ def backend_for(mode: str):
 
     torch.manual_seed(0)
     device = "cuda" if mode == "rife-gpu" else "cpu"
-    return RifeInterpolator(IFNet(), device, "random-weights")
+    return RifeInterpolator(IFNet(), device, [])
 
 
 class MemorySampler(threading.Thread):

@@ -15,6 +15,7 @@ from av.video.reformatter import ColorRange
 from services.common import frame_doubling
 from services.common.errors import InvalidInput
 from services.common.formats.cameras import CameraTrack
+from services.common.identity import ModelIdentity, with_identity
 from services.common.stagerun import run_stage
 from services.common.store import LocalFolderStore
 from services.fitting.doubling import double_cameras, double_frames
@@ -83,11 +84,11 @@ class Copying:
     frames show which source frames the layout put there."""
 
     batch_size = 3
+    identity = ModelIdentity()
 
     def __init__(self, which: int):
         self.which = which
         self.name = f"copy-{which}"
-        self.identity = {"backend": self.name}
 
     def middles(self, firsts, seconds, flow_scale):
         return [f.yuv for f in (firsts, seconds)[self.which]]
@@ -98,7 +99,7 @@ def interpolate(store, path: Path, backend, **params):
     params = InterpolationParams(**params)
     result = run_stage(
         store, stage=STAGE, version=VERSION, inputs={"video": info},
-        params={**params.to_dict(), **backend.identity},
+        params=with_identity({**params.to_dict(), "backend": backend.name}, backend.identity),
         compute=partial(compute_interpolation, params=params, backend=backend),
     )  # fmt: skip
     return result, store.local_path(result.outputs["video"].key)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from services.common.errors import ModelNotReady
+from services.common.identity import FileIdentity
 from services.interpolation.ifnet import IFNet, load_ifnet, pad_multiple
 from services.interpolation.rife import (
     RifeInterpolator,
@@ -116,9 +117,12 @@ def test_the_reference_padding_breaks_at_half_scale_and_ours_does_not(network):
 
 
 def test_rife_middles_of_odd_sized_batches_come_back_cropped(network):
-    rife = RifeInterpolator(network, "cpu", "ab" * 32, batch_size=2)
-    assert rife.identity == {
-        "backend": "rife-4.18", "model_sha256": "ab" * 32, "device": "cpu", "precision": "fp32"
+    files = [FileIdentity("rife", "flownet.pkl", "ab" * 32)]
+    rife = RifeInterpolator(network, "cpu", files, batch_size=2)
+    assert rife.name == "rife-4.18"
+    assert rife.identity.params() == {
+        "models": [{"name": "rife", "file": "flownet.pkl", "sha256": "ab" * 32}],
+        "device": "cpu", "precision": "float32",
     }  # fmt: skip
     rng = np.random.default_rng(1)
     firsts = rng.integers(0, 256, (2, 90, 166, 3), np.uint8)

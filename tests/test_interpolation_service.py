@@ -61,7 +61,8 @@ def test_a_run_doubles_the_video_then_hits_the_cache(service, s3, tmp_path):
     assert read_indices(out)[0::2] == list(range(20))
     manifest = json.loads(s3.get_bytes(s3.key_from_uri(result.summary.manifest.uri)))
     assert manifest["params"]["backend"] == "flow-dis-fast-1"
-    assert {"device", "precision", "fps_factor", "crf"} <= set(manifest["params"])
+    assert manifest["params"]["identity"] == {"models": []}  # no weights; always the CPU
+    assert {"fps_factor", "flow_scale", "crf"} <= set(manifest["params"])
 
     again = call_stage(service["stub"].Run, request, timeout_s=60)
     assert again.summary.cache_hit and again.video.sha256 == result.video.sha256
@@ -148,7 +149,10 @@ def test_the_rife_backend_runs_from_the_model_cache_and_keys_the_cache_by_its_sh
         params = json.loads(store.get_bytes(store.key_from_uri(result.summary.manifest.uri)))[
             "params"
         ]
-        assert params["model_sha256"] == sha256_of(checkpoint)
-        assert (params["device"], params["precision"]) == ("cpu", "fp32")
+        assert params["backend"] == "rife-4.18"
+        assert params["identity"] == {
+            "models": [{"name": "rife", "file": "flownet.pkl", "sha256": sha256_of(checkpoint)}],
+            "device": "cpu", "precision": "float32",
+        }  # fmt: skip
     finally:
         running.stop(0)

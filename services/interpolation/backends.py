@@ -8,7 +8,8 @@
 
 from collections.abc import Mapping
 
-from services.common.models import require_model, sha256_of
+from services.common.identity import registry_files
+from services.common.models import require_model
 from services.common.settings import Settings, env_choice, resolve_device
 from services.interpolation.flow import FlowInterpolator
 from services.interpolation.pipeline import Interpolator
@@ -33,4 +34,4 @@ def load_backend(settings: Settings, name: str) -> Interpolator:
     from services.interpolation.rife import load_rife  # torch, only for this backend
 
     path = require_model(MODEL, settings)
-    return load_rife(path, resolve_device(settings), sha256_of(path))
+    return load_rife(path, resolve_device(settings), registry_files(MODEL, settings))

@@ -22,6 +22,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from services.common.identity import ModelIdentity
 from services.interpolation.video import SourceFrame, join_planes
 
 WORK_SIDE = 640
@@ -74,9 +75,9 @@ def _most_consistent(g0, g1, candidates) -> np.ndarray:
 class FlowInterpolator:
     """Middle frames from DIS optical flow; needs no weights and runs on the CPU."""
 
-    name = "flow"
+    name = f"flow-{VERSION}"
     batch_size = 4
-    identity = {"backend": f"flow-{VERSION}", "device": "cpu", "precision": "fp32"}
+    identity = ModelIdentity()  # no files; always the CPU in float32
 
     def __init__(self, work_side: int = WORK_SIDE):
         self.work_side = work_side

@@ -14,6 +14,7 @@ import numpy as np
 from services.common import frame_doubling
 from services.common.errors import InvalidInput, PreconditionFailed
 from services.common.formats.video import VIDEO_MEDIA_TYPE
+from services.common.identity import ModelIdentity
 from services.common.stagerun import OutputFile, StageOutputs, StageRun
 from services.interpolation.video import (
     SourceFrame,
@@ -33,12 +34,9 @@ SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 class Interpolator(Protocol):
     """A backend: middle frames of batches of frame pairs."""
 
-    name: str
-    batch_size: int
-
-    @property
-    def identity(self) -> dict:
-        """Backend, model sha256, device and precision: what shapes the numbers."""
+    name: str  # with its version: "rife-4.18", "flow-dis-fast-1"
+    batch_size: int  # pairs per call of `middles`
+    identity: ModelIdentity  # its files, device and precision (part of the cache key)
 
     def middles(
         self, firsts: Sequence[SourceFrame], seconds: Sequence[SourceFrame], flow_scale: float
@@ -109,7 +107,7 @@ def compute_interpolation(
         extra={
             "fps": float(rate),
             "frame_rate": f"{rate.numerator}/{rate.denominator}",
-            "backend": backend.identity,
+            "backend": backend.name,
             "layout": "2i: source frame i; 2i+1: between i and i+1; last: source frame N-1",
         },
     )

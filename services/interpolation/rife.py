@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.identity import FileIdentity, ModelIdentity
 from services.interpolation.ifnet import RIFE_VERSION, IFNet, load_ifnet, pad_multiple
 from services.interpolation.video import SourceFrame, rgb_to_yuv
 
@@ -45,26 +46,18 @@ def from_batch(x: torch.Tensor, height: int, width: int) -> np.ndarray:
 class RifeInterpolator:
     """Middle frames from IFNet; one call at a time per loaded network."""
 
-    name = "rife"
+    name = f"rife-{RIFE_VERSION}"
 
-    def __init__(self, network: IFNet, device: str, model_sha256: str, batch_size: int = 0):
+    def __init__(
+        self, network: IFNet, device: str, files: Sequence[FileIdentity], batch_size: int = 0
+    ):
         self.device = device
         self.fp16 = device.startswith("cuda")
         self.dtype = torch.float16 if self.fp16 else torch.float32
         self.network = network.to(device, self.dtype).eval()
-        self.model_sha256 = model_sha256
         self.batch_size = batch_size or (8 if self.fp16 else 2)
+        self.identity = ModelIdentity.of(files, device, "float16" if self.fp16 else "float32")
         self._lock = threading.Lock()
-
-    @property
-    def identity(self) -> dict:
-        """What shapes the output numbers (part of the cache key)."""
-        return {
-            "backend": f"rife-{RIFE_VERSION}",
-            "model_sha256": self.model_sha256,
-            "device": self.device,
-            "precision": "fp16" if self.fp16 else "fp32",
-        }
 
     def middles(
         self, firsts: Sequence[SourceFrame], seconds: Sequence[SourceFrame], flow_scale: float
@@ -87,6 +80,7 @@ class RifeInterpolator:
             return from_batch(self.network(x0, x1, 0.5, scale), height, width)
 
 
-def load_rife(path: Path, device: str, model_sha256: str) -> RifeInterpolator:
-    """The RIFE backend from a v4.18 checkpoint (ModelNotReady when it is not one)."""
-    return RifeInterpolator(load_ifnet(path), device, model_sha256)
+def load_rife(path: Path, device: str, files: Sequence[FileIdentity]) -> RifeInterpolator:
+    """The RIFE backend from a v4.18 checkpoint (ModelNotReady when it is not one); `files`
+    identify it in the cache key."""
+    return RifeInterpolator(load_ifnet(path), device, files)

@@ -7,6 +7,7 @@ import grpc
 
 from nlfpipe.interpolation.v1 import interpolation_pb2, interpolation_pb2_grpc
 from services.common.errors import InvalidInput
+from services.common.identity import with_identity
 from services.common.server import (
     StageService,
     artifact_to_proto,
@@ -46,7 +47,7 @@ def result_to_proto(result: StageResult) -> interpolation_pb2.RunResult:
         fps=result.extra["fps"],
         frame_count=int(result.counts["frames"]),
         source_frame_count=int(result.counts["source_frames"]),
-        backend=result.extra["backend"]["backend"],
+        backend=result.extra["backend"],
         summary=summary_to_proto(result),
     )
 
@@ -69,7 +70,7 @@ class InterpolationServicer(interpolation_pb2_grpc.InterpolationServiceServicer)
             stage=STAGE,
             version=VERSION,
             inputs={"video": request.video},
-            params={**params.to_dict(), **backend.identity},
+            params=with_identity({**params.to_dict(), "backend": backend.name}, backend.identity),
             compute=partial(compute_interpolation, params=params, backend=backend),
             force=request.force,
         )
