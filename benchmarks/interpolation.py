@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,12 @@ class MemorySampler(threading.Thread):
                     self.encoder_peak_mb = max(self.encoder_peak_mb, rss)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the encoder, once waited for)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
 def child(mode: str, video: Path) -> None:
     from services.common.stagerun import StageRun
     from services.interpolation.pipeline import InterpolationParams, compute_interpolation
@@ -93,9 +100,11 @@ def child(mode: str, video: Path) -> None:
     memory.start()
     with tempfile.TemporaryDirectory() as tmp:
         run = StageRun(Path(tmp), {"video": video}, {}, None, None)
+        cpu_before = cpu_seconds()
         start = time.perf_counter()
         outputs = compute_interpolation(run, InterpolationParams(), backend)
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu_before
     memory.stop.set()
     memory.join()
     print(json.dumps({
@@ -103,6 +112,8 @@ def child(mode: str, video: Path) -> None:
         "seconds": seconds,
         "output_fps": outputs.counts["frames"] / seconds,
         "model_seconds": run.timings.get("interpolate", 0.0),
+        "cpu_seconds": cpu,  # this process and the encoder, all threads
+        "cpu_ms_per_output_frame": 1000 * cpu / outputs.counts["frames"],
         "peak_rss_mb": memory.peak_mb,
         "encoder_peak_rss_mb": memory.encoder_peak_mb,
     }))  # fmt: skip
@@ -171,6 +182,8 @@ def main() -> None:
         "encoder_peak_rss_mb": [round(flow["encoder_peak_rss_mb"], 1),
                                 round(flow_long["encoder_peak_rss_mb"], 1)],  # fmt: skip
         "flow_model_share": round(flow["model_seconds"] / flow["seconds"], 3),
+        "cpu_ms_per_output_frame": {name: round(r["cpu_ms_per_output_frame"], 1) for name, r in
+                                    (("flow", flow), ("overhead", overhead), ("rife_cpu", rife))},
         **gpu_results,
         "targets_met": {name: measured[name] >= target for name, target in TARGETS.items()},
         "seconds": [args.seconds, args.long_seconds, args.rife_seconds],
