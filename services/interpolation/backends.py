@@ -1,7 +1,7 @@
 """Which interpolator the interpolation service runs (NLFPIPE_INTERPOLATION_BACKEND):
 
-- `auto` (default): RIFE on a CUDA device, the weightless flow backend on the CPU (RIFE runs
-  at about 2 output frames/s at 720p on two cores; the flow backend at 20 or more);
+- `auto` (default): RIFE on a CUDA device, the weightless flow backend on the CPU (at 720p on
+  two cores RIFE makes about 1 output frame/s, the flow backend 20-60; docs/benchmarks.md);
 - `rife`: Practical-RIFE v4.18 on the configured device (CPU too), best quality;
 - `flow`: OpenCV DIS optical flow, no weights; `--test-models` runs and CPU-only machines.
 """
