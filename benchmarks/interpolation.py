@@ -56,9 +56,12 @@ def backend_for(mode: str):
         return FlowInterpolator()
     import torch
 
+    from services.common.settings import load_settings
+    from services.common.threads import apply_torch_threads
     from services.interpolation.ifnet import IFNet
     from services.interpolation.rife import RifeInterpolator
 
+    apply_torch_threads(load_settings())  # the service's thread count (NLFPIPE_TORCH_THREADS)
     torch.manual_seed(0)
     device = "cuda" if mode == "rife-gpu" else "cpu"
     return RifeInterpolator(IFNet(), device, [])

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from services.common.identity import registry_files
 from services.common.models import require_model
 from services.common.settings import Settings, env_choice, resolve_device
+from services.common.threads import apply_torch_threads
 from services.interpolation.flow import FlowInterpolator
 from services.interpolation.pipeline import Interpolator
 
@@ -33,5 +34,8 @@ def load_backend(settings: Settings, name: str) -> Interpolator:
         return FlowInterpolator()
     from services.interpolation.rife import load_rife  # torch, only for this backend
 
+    # `serve` sets torch's threads only when the service's modules imported torch at build
+    # time, which the flow backend's never do.
+    apply_torch_threads(settings)
     path = require_model(MODEL, settings)
     return load_rife(path, resolve_device(settings), registry_files(MODEL, settings))
