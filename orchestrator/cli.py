@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stack_sub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     up = stack_sub.add_parser("up", help="start the services and a Prefect server, then return")
-    up.add_argument("--stages", default="ingest,tracking,pose,fitting,render",
+    up.add_argument("--stages", default="ingest,tracking,pose,fitting,interpolation,render",
                     help="comma-separated stages to start")
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--no-prefect", action="store_true", help="services only")

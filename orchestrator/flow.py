@@ -40,8 +40,8 @@ class SubjectChoice(RunInput):
 
 @flow(name="process-video", flow_run_name="{params.video}", validate_parameters=True)
 def process_video(params: VideoParams) -> RunSummary:
-    """Runs one video through ingest, tracking, (camera,) pose, fitting and render; returns the
-    summary."""
+    """Runs one video through ingest, tracking, (camera,) pose and fitting, interpolation when
+    the frame rate is doubled, and render; returns the summary."""
     started = time.monotonic()
     logger = get_run_logger()
     params = _checked(params)
@@ -64,22 +64,28 @@ def process_video(params: VideoParams) -> RunSummary:
         outcomes.append(preview.model_copy(update={"stage": "tracking-preview"}))
         selection = _ask_for_subjects(preview)
 
+    # The doubled video needs only the ingested video: it runs alongside tracking and pose.
+    interpolation = (
+        admitted(stage_tasks.interpolate_video, "interpolation").submit(params, ingest, probe)
+        if fps_factor == 2
+        else None
+    )
     tracking = admitted(stage_tasks.track_people, "tracking")(
         params, ingest, init_frame, selection, probe
     )
     outcomes.append(tracking)
-    # The moving-camera path (semseg concurrently with tracking, then slam) and the video
-    # frame doubling (concurrently with pose) plug in here as one task each.
+    # The moving-camera path (semseg concurrently with tracking, then slam) plugs in here.
     cameras = None
     pose = admitted(stage_tasks.estimate_poses, "pose")(params, ingest, tracking, cameras, probe)
     outcomes.append(pose)
     fitting = stage_tasks.fit_bodies(params, pose, cameras, fps_factor, probe)
     outcomes.append(fitting)
+    doubled = None
+    if interpolation is not None:
+        doubled = interpolation.result()
+        outcomes.append(doubled)
     if params.renderer != "none":
-        interpolation = None  # the interpolation stage's output (fps factor 2) plugs in here
-        render = stage_tasks.render_videos(
-            params, ingest, fitting, interpolation, fps_factor, probe
-        )
+        render = stage_tasks.render_videos(params, ingest, fitting, doubled, fps_factor, probe)
         outcomes.append(render)
 
     summary = RunSummary(

@@ -20,7 +20,7 @@ _TIME = re.compile(r"^(?:(?:(\d+):)?(\d{1,2}):)?(\d+(?:\.\d+)?)$")
 #: look at, and on a CPU-only machine it costs far less than the pose stage does.
 Renderer = Literal["opengl", "none"]
 #: Stages this build can run; the flow refuses a run that needs any other.
-AVAILABLE_STAGES = frozenset({"ingest", "tracking", "pose", "fitting", "render"})
+AVAILABLE_STAGES = frozenset({"ingest", "tracking", "pose", "fitting", "interpolation", "render"})
 
 
 class ParameterError(ValueError):
@@ -229,17 +229,15 @@ def parse_time_range(text: str) -> tuple[float, float]:
     return start, end
 
 
-def required_stages(params: VideoParams, available: frozenset[str] = AVAILABLE_STAGES) -> list[str]:
-    """Stages a run with these parameters needs, in pipeline order. A render at fps factor 2
-    (or an automatic one) shows the interpolated video when this build has the interpolation
-    stage, else each video frame twice."""
+def required_stages(params: VideoParams) -> list[str]:
+    """Stages a run with these parameters needs, in pipeline order."""
     stages = ["ingest", "tracking"]
     if not params.static_camera:
         stages += ["semseg", "slam"]
     stages += ["pose", "fitting"]
+    if params.fps_factor != 1:  # 2, or automatic (2 when the video has at most 40 fps)
+        stages.append("interpolation")
     if params.renderer != "none":
-        if params.fps_factor != 1 and "interpolation" in available:
-            stages.append("interpolation")
         stages.append("render")
     return stages
 
@@ -247,14 +245,14 @@ def required_stages(params: VideoParams, available: frozenset[str] = AVAILABLE_S
 _MISSING_STAGE_FIELD = {
     "semseg": ("static_camera", "a moving camera needs semantic segmentation and SLAM"),
     "slam": ("static_camera", "a moving camera needs semantic segmentation and SLAM"),
-    "interpolation": ("renderer", "rendering needs the interpolation and render stages"),
+    "interpolation": ("fps_factor", "doubling the frame rate needs the interpolation stage"),
     "render": ("renderer", "rendering needs the render stage"),
 }
 
 
 def check_supported(params: VideoParams, available: frozenset[str] = AVAILABLE_STAGES) -> None:
     """Refuses a run that needs a stage this build does not have, naming the field to change."""
-    for stage in required_stages(params, available):
+    for stage in required_stages(params):
         if stage not in available:
             field, why = _MISSING_STAGE_FIELD.get(stage, ("video", f"the {stage} stage"))
             raise ParameterError(
@@ -263,6 +261,7 @@ def check_supported(params: VideoParams, available: frozenset[str] = AVAILABLE_S
                 + {
                     "static_camera": "use static_camera=true (--static-camera)",
                     "renderer": "use renderer='none'",
+                    "fps_factor": "use fps_factor=1",
                 }.get(field, "remove that option"),
             )
 

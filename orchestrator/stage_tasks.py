@@ -233,6 +233,20 @@ def fit_bodies(
     )  # fmt: skip
 
 
+@stage_task("interpolation")
+def interpolate_video(params: VideoParams, ingest: StageOutcome, probe: ProbeInfo) -> StageOutcome:
+    """The video at twice its frame rate, frame for frame in the layout of the doubled fits."""
+    from nlfpipe.interpolation.v1 import interpolation_pb2, interpolation_pb2_grpc
+
+    request = interpolation_pb2.RunRequest(video=ingest.ref("video"), fps_factor=2,
+                                           force=params.force)  # fmt: skip
+    return call_stage_rpc(
+        "interpolation", "Run", request,
+        stub_factory=interpolation_pb2_grpc.InterpolationServiceStub,
+        video_seconds=probe.duration_s,
+    )  # fmt: skip
+
+
 @stage_task("render")
 def render_videos(
     params: VideoParams,
@@ -244,8 +258,8 @@ def render_videos(
 ) -> StageOutcome:
     """Renders the camera-view and world-view videos, their previews and the exports.
 
-    The camera view shows the interpolated video at fps factor 2 when there is one, else the
-    ingested video with each frame shown twice.
+    The camera view shows the interpolated video when the frame rate is doubled, else the
+    ingested video (each frame shown `fps_factor` times).
     """
     from nlfpipe.render.v1 import render_pb2, render_pb2_grpc
 

@@ -24,6 +24,7 @@ from orchestrator.flow import process_video, process_videos
 from orchestrator.params import ParameterError, VideoParams
 from orchestrator.stack import LocalStack
 from orchestrator.testmodels import install_test_models
+from services.common.formats.fits import load_fits
 from services.common.formats.masks import read_track_masks
 from services.common.formats.predictions import PredictionsReader
 from services.common.store import S3Store
@@ -32,7 +33,7 @@ from tests.support.videos import make_test_video
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["ingest", "tracking", "pose", "fitting", "render"]
+STAGES = ["ingest", "tracking", "pose", "fitting", "interpolation", "render"]
 FRAMES, FIGURES = 60, 2
 
 
@@ -145,6 +146,37 @@ def test_second_identical_run_is_all_cache_hits_and_fast(first_and_second_run):
     )
 
 
+def test_doubled_frame_rate_gives_a_video_and_fits_of_2t_frames_in_step(e2e, first_and_second_run):
+    import av
+
+    store, root = e2e["store"], e2e["root"]
+    first, _ = first_and_second_run
+    stages = _by_stage(first)
+    assert first.fps_factor == 2  # 30 fps: doubled by default
+    interpolation = stages["interpolation"]
+    ingested = stages["ingest"].outputs["video"].uri
+    assert [i["uri"] for i in _manifest(store, interpolation)["inputs"].values()] == [ingested]
+    assert interpolation.values["frame_count"] == 2 * FRAMES
+    assert interpolation.values["backend"].startswith("flow-")  # --test-models: no weights
+    doubled = store.get_file(store.key_from_uri(interpolation.outputs["video"].uri),
+                             root / "doubled.mp4")  # fmt: skip
+    source = store.get_file(store.key_from_uri(ingested), root / "ingested.mp4")
+    with av.open(str(doubled)) as container:
+        stream = container.streams.video[0]
+        assert (stream.average_rate, stream.codec_context.pix_fmt) == (60, "yuv420p")
+        frames = [f.to_ndarray(format="gray").astype(float) for f in container.decode(stream)]
+    with av.open(str(source)) as container:
+        originals = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    assert len(frames) == 2 * len(originals) == 2 * FRAMES
+    assert max(abs(frames[2 * i] - originals[i]).mean() for i in range(FRAMES)) < 2.0
+
+    fits_ref = stages["fitting"].outputs["fits"]
+    meta, tracks = load_fits(store.get_file(store.key_from_uri(fits_ref.uri), root / "fits.npz"))
+    assert meta["num_frames"] == 2 * FRAMES and meta["fps"] == 60
+    assert all(len(t.valid) == len(t.trans) == 2 * FRAMES for t in tracks.values())
+    assert first.outputs()["interpolation.video"] == interpolation.outputs["video"].uri
+
+
 def test_render_outputs_reach_the_results_folder_and_the_ui(e2e, first_and_second_run, tmp_path):
     import urllib.request
 
@@ -155,6 +187,8 @@ def test_render_outputs_reach_the_results_folder_and_the_ui(e2e, first_and_secon
 
     first, _ = first_and_second_run
     render = _by_stage(first)["render"]
+    video = _manifest(e2e["store"], render)["inputs"]["video"]["uri"]
+    assert video == _by_stage(first)["interpolation"].outputs["video"].uri
     folder = export_results(first, tmp_path / "results")
     names = {p.name for p in folder.iterdir()}
     videos = {"render-camera_view_video.mp4", "render-world_view_video.mp4"}

@@ -61,7 +61,10 @@ def test_defaults_mirror_the_reference(video):
     assert (params.nlf.num_aug, params.nlf.antialias_factor) == (5, 2)
     assert (params.nlf.batch_size, params.nlf.internal_batch_size) == (8, 8)
     assert params.subjects.is_all
-    assert required_stages(params) == ["ingest", "tracking", "pose", "fitting", "render"]
+    assert required_stages(params) == [
+        "ingest", "tracking", "pose", "fitting", "interpolation", "render"
+    ]  # fmt: skip
+    assert "interpolation" not in required_stages(params.model_copy(update={"fps_factor": 1}))
 
 
 def test_init_time_is_relative_to_the_cut(video):

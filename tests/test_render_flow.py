@@ -9,7 +9,7 @@ from nlfpipe.common.v1 import common_pb2
 from nlfpipe.render.v1 import render_pb2
 from orchestrator import cli
 from orchestrator.outcome import outcome_from_result
-from orchestrator.params import AVAILABLE_STAGES, required_stages, validate_params
+from orchestrator.params import required_stages, validate_params
 
 
 @pytest.fixture
@@ -34,16 +34,11 @@ def test_rendering_is_on_by_default_and_none_turns_it_off(video):
         _parse([video, "--renderer", "blendipose"])
 
 
-def test_interpolation_is_needed_only_where_it_exists_and_the_rate_may_double(video):
-    with_interpolation = AVAILABLE_STAGES | {"interpolation"}
+def test_the_render_follows_fitting_and_the_doubled_video_when_the_rate_doubles(video):
     auto = validate_params({"video": video})
-    assert "interpolation" in required_stages(auto, with_interpolation)
+    assert required_stages(auto)[-3:] == ["fitting", "interpolation", "render"]
     single = validate_params({"video": video, "fps_factor": 1})
-    assert "interpolation" not in required_stages(single, with_interpolation)
-    without = frozenset(AVAILABLE_STAGES - {"interpolation"})
-    doubled = validate_params({"video": video, "fps_factor": 2})
-    assert required_stages(doubled, without)[-1] == "render"
-    assert "interpolation" not in required_stages(doubled, without)
+    assert required_stages(single)[-2:] == ["fitting", "render"]
 
 
 def test_exports_become_outputs_named_by_file_and_keep_their_names_as_results():
