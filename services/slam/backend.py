@@ -13,11 +13,12 @@ from services.slam.masks import SlamMasks
 Frames = Iterator[tuple[int, np.ndarray, np.ndarray]]
 
 
-def slam_shape(height: int, width: int, target_pixels: int) -> tuple[int, int]:
-    """Working (height, width): about `target_pixels` pixels, each side floored to a multiple
-    of 8, never larger than the video."""
+def slam_shape(height: int, width: int, target_pixels: int, multiple: int = 8) -> tuple[int, int]:
+    """Working (height, width): about `target_pixels` pixels, never larger than the video,
+    each side floored to a multiple of `multiple` (DROID needs 8; COLMAP takes any size)."""
     scale = min(1.0, float(np.sqrt(target_pixels / (height * width))))
-    return max(8, int(height * scale) // 8 * 8), max(8, int(width * scale) // 8 * 8)
+    return (max(multiple, int(height * scale) // multiple * multiple),
+            max(multiple, int(width * scale) // multiple * multiple))  # fmt: skip
 
 
 @dataclass
@@ -80,6 +81,7 @@ class SlamBackend(Protocol):
     """A camera tracker."""
 
     name: str
+    size_multiple: int  # the working resolution's sides are multiples of this
 
     def estimate(self, source: FrameSource, prior: CameraPrior, run) -> Trajectory:
         """Poses of every frame of `source`; raises PreconditionFailed when it cannot."""

@@ -8,17 +8,15 @@ from services.slam.geometry import apply_similarity, similarity_between
 
 
 def plan_chunks(items: list[int], size: int, overlap: int) -> list[list[int]]:
-    """Consecutive runs of at most `size` items, each sharing `overlap` items with the last."""
+    """Runs of `size` items (fewer only when there are fewer items), evenly spread so that
+    neighbours share at least `overlap` items and no chunk is left nearly empty."""
     if size <= overlap:
         raise ValueError(f"chunk size {size} must exceed the overlap {overlap}")
     if len(items) <= size:
         return [list(items)]
-    chunks, start = [], 0
-    while True:
-        chunks.append(list(items[start : start + size]))
-        if start + size >= len(items):
-            return chunks
-        start += size - overlap
+    count = int(np.ceil((len(items) - overlap) / (size - overlap)))
+    starts = np.round(np.linspace(0, len(items) - size, count)).astype(int)
+    return [list(items[s : s + size]) for s in starts]
 
 
 def join_chunks(

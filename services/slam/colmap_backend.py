@@ -44,6 +44,7 @@ class ColmapBackend:
     """SfM on the CPU (pycolmap); see the module docstring."""
 
     name = "colmap"
+    size_multiple = 2
 
     def __init__(self, settings: ColmapSettings = ColmapSettings()):
         self.settings = settings

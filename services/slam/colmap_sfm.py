@@ -5,10 +5,12 @@ masks), sequential matching, then global mapping (GLOMAP) with bundle adjustment
 video frames have small baselines, which COLMAP's two-view classification would label
 "planar or panoramic" and drop; that classification is switched off
 (`max_H_inlier_ratio` = 1), which the measured walking scenes need (0.2-0.7% ATE instead
-of several percent with the incremental mapper's defaults). Neither mapper wins on every
-sequence (each sometimes settles in a bent solution with two to three times the reprojection
-error of the right one), so `auto` runs both on the same matches and keeps the one that
-registers more keyframes, then the one with the lower mean reprojection error.
+of several percent with the incremental mapper's defaults). The global positioning
+starts from random positions and on a forward walk sometimes settles in a bent solution
+(ATE 1.5-2.5% instead of 0.1-0.3%, measured); the bent ones always had the higher mean
+reprojection error, so `auto` maps from `global_seeds` random starts on the same matches and
+keeps the one registering most keyframes with the lowest reprojection error; the incremental
+mapper runs only when no global run registered every keyframe.
 """
 
 import logging
@@ -26,9 +28,14 @@ log = logging.getLogger(__name__)
 class SfmOptions:
     """Knobs of the reconstruction (defaults tested on the synthetic walking scenes)."""
 
-    max_features: int = 2048
-    overlap: int = 8  # each keyframe is matched with this many following ones
-    mapper: str = "auto"  # "global" (GLOMAP), "incremental", or "auto": both, the better kept
+    max_features: int = 1500
+    first_octave: int | None = None  # -1 doubles the image first (3x slower); None: -1 below
+    small_width: int = 480  # ... this width, else 0
+    overlap: int = 6  # each keyframe is matched with this many following ones
+    min_e_f_inlier_ratio: float = 0.7
+    mapper: str = "auto"  # "global" (GLOMAP), "incremental", or "auto" (see the module)
+    global_seeds: int = 3  # global mapping runs from different random starts; the best is kept
+    small_problem: int = 40  # up to this many keyframes, twice the seeds (they are cheap)
     threads: int = 0  # 0: every core
 
     def thread_count(self) -> int:
@@ -64,6 +71,8 @@ def reconstruct(
     in pixels; it is kept when `refine_focal` is False."""
     import pycolmap
 
+    pycolmap.logging.minloglevel = 2  # errors only: COLMAP's progress lines flood the log
+    pycolmap.set_random_seed(0)
     width, height = _image_size(image_dir / names[0])
     workdir.mkdir(parents=True, exist_ok=True)
     database = workdir / "database.db"
@@ -75,6 +84,8 @@ def reconstruct(
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = threads
     extraction.sift.max_num_features = options.max_features
+    extraction.sift.first_octave = options.first_octave if options.first_octave is not None \
+        else (-1 if width < options.small_width else 0)  # fmt: skip
     pycolmap.extract_features(
         database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
         reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
@@ -88,17 +99,40 @@ def reconstruct(
     pairing.num_threads = threads
     verification = pycolmap.TwoViewGeometryOptions()
     verification.max_H_inlier_ratio = 1.0  # never "planar or panoramic": small video baselines
+    # With the focal prior, a pair is calibrated (relative pose from E) unless F explains far
+    # more matches than E; COLMAP's 0.95 leaves most short-baseline video pairs uncalibrated.
+    verification.min_E_F_inlier_ratio = options.min_e_f_inlier_ratio
     pycolmap.match_sequential(
         database, matching_options=matching, pairing_options=pairing,
         verification_options=verification, device=pycolmap.Device.cpu,
     )  # fmt: skip
     check_cancelled()
-    mappers = ("incremental", "global") if options.mapper == "auto" else (options.mapper,)
+    if refine_focal:
+        calibration = pycolmap.ViewGraphCalibrationOptions()
+        calibration.random_seed = 0
+        pycolmap.calibrate_view_graph(database, calibration)
     results = []
-    for mapper in mappers:
-        models = _map(pycolmap, mapper, database, image_dir, workdir, refine_focal, threads)
-        results.append(_result(models, names, focal, mapper))
-        check_cancelled()
+    if options.mapper in ("auto", "global"):
+        seeds = options.global_seeds * (2 if len(names) <= options.small_problem else 1)
+        for seed in range(seeds):
+            models = _map(pycolmap, "global", database, image_dir, workdir / f"global-{seed}",
+                          refine_focal, threads, seed)  # fmt: skip
+            results.append(_result(models, names, focal, "global"))
+            check_cancelled()
+    best = _best(results)
+    if options.mapper == "incremental" or (
+        options.mapper == "auto" and (best is None or not best.registered.all())
+    ):
+        models = _map(pycolmap, "incremental", database, image_dir, workdir / "incremental",
+                      refine_focal, threads, 0)  # fmt: skip
+        results.append(_result(models, names, focal, "incremental"))
+    return _best(results)
+
+
+def _best(results: list["SfmResult"]) -> "SfmResult | None":
+    """The result registering most keyframes, then with the lowest reprojection error."""
+    if not results:
+        return None
     return min(results, key=lambda r: (-int(r.registered.sum()), _error_key(r)))
 
 
@@ -112,22 +146,21 @@ def _image_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _map(pycolmap, mapper, database, image_dir, workdir, refine_focal, threads):
-    out = workdir / f"sparse-{mapper}"
+def _map(pycolmap, mapper, database, image_dir, out, refine_focal, threads, seed):
     out.mkdir(parents=True, exist_ok=True)
     if mapper == "global":
         options = pycolmap.GlobalPipelineOptions()
         options.num_threads = threads
-        options.random_seed = 0
+        options.random_seed = seed
         options.mapper.num_threads = threads
-        options.mapper.random_seed = 0
+        options.mapper.random_seed = seed
         options.mapper.bundle_adjustment.refine_focal_length = refine_focal
         options.mapper.bundle_adjustment.refine_principal_point = False
         options.mapper.bundle_adjustment.refine_extra_params = False
         return pycolmap.global_mapping(database, image_dir, out, options)
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = threads
-    options.random_seed = 0
+    options.random_seed = seed
     options.ba_refine_focal_length = refine_focal
     options.ba_refine_principal_point = False
     options.ba_refine_extra_params = False

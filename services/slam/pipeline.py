@@ -106,7 +106,7 @@ def compute_slam(
                          {"source": "none", "applied": 1.0, "metric": True}, {}, started)
         return _outputs(run, track, report, needs_people_scale=False)
     semseg, tracks = _read_masks(run, video)
-    shape = slam_shape(height, width, params.target_pixels)
+    shape = slam_shape(height, width, params.target_pixels, backend.size_multiple)
     masks = SlamMasks(semseg, tracks, shape)
     candidates = _candidates(semseg, video, backend.name)
     source = FrameSource(video, masks, shape, candidates)
