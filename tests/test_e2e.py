@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
@@ -28,12 +30,15 @@ from services.common.formats.masks import read_track_masks
 from services.common.formats.predictions import PredictionsReader
 from services.common.store import S3Store
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, s3_env
-from tests.support.videos import make_test_video
+from tests.support.world import make_moving_camera_video
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["ingest", "tracking", "pose", "fitting"]
+STAGES = ["ingest", "tracking", "semseg", "slam", "pose", "fitting"]
+#: Stage outcomes of a moving-camera run, in order (slam-scale: the people-anchored scale pass).
+RUN_STAGES = ["ingest", "tracking", "semseg", "slam", "pose", "slam-scale", "fitting"]
 FRAMES, FIGURES = 60, 2
+TRUE_FOV = 55.0
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +68,11 @@ def e2e(s3_endpoint, prefect_server, tmp_path_factory):
             for name, value in stack.address_env().items():
                 patch.setenv(name, value)
             video = root / "walkers.mp4"
-            make_test_video(video, seconds=2.0, width=640, height=360, fps=30, figures=FIGURES)
-            yield {"stack": stack, "store": store, "video": video, "root": root, "env": env}
+            truth = make_moving_camera_video(video, seconds=2.0, width=480, height=270, fps=30,
+                                             figures=FIGURES, motion="forward",
+                                             fov_deg=TRUE_FOV)  # fmt: skip
+            yield {"stack": stack, "store": store, "video": video, "root": root, "env": env,
+                   "truth": truth}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +95,14 @@ def test_run_finds_the_people_and_every_output_is_consistent(e2e, first_and_seco
     store = e2e["store"]
     first, _ = first_and_second_run
     stages = _by_stage(first)
-    assert list(stages) == STAGES
+    assert list(stages) == RUN_STAGES
     assert not any(s.cache_hit for s in first.stages)
     assert first.frames == FRAMES
     assert first.people_found == FIGURES
 
     for outcome in first.stages:
         manifest = _manifest(store, outcome)
-        assert manifest["stage"] == outcome.stage
+        assert manifest["stage"] == {"slam-scale": "slam"}.get(outcome.stage, outcome.stage)
         assert manifest["cache_key"] == outcome.cache_key
         for name, ref in outcome.outputs.items():
             if name in manifest["outputs"]:
@@ -135,6 +143,71 @@ def test_run_finds_the_people_and_every_output_is_consistent(e2e, first_and_seco
     assert set(summary["outputs"]) >= {"ingest.video", "tracking.masks", "pose.predictions"}
 
 
+def test_moving_camera_gives_metric_world_fits_on_the_true_people_paths(e2e, first_and_second_run):
+    """The colmap backend runs for real on the rendered walk; the people-anchored scale makes
+    the world metric, and the fitted people follow the truth within 10 cm.
+
+    The truth of the people: the pose stand-in (services/pose/test_model.py) places each person
+    on the camera ray through its box centre at depth f * 1.7 m / box height, so the
+    meaningful truth is what it yields for the figures' true boxes seen through the true
+    cameras (the rendered figures are 1.7 m tall billboards, so this is also their true place).
+    """
+    from smplfitter.pt import BodyModel
+
+    from services.common.formats.cameras import CameraTrack
+    from services.common.formats.fits import load_fits
+    from services.slam.geometry import similarity_between
+    from tests.support.fake_nlf import BODY_HEIGHT_MM, canonical_points
+
+    store, truth = e2e["store"], e2e["truth"]
+    first, _ = first_and_second_run
+    stages = _by_stage(first)
+    slam, scaled = stages["slam"], stages["slam-scale"]
+    assert slam.values["needs_people_scale"] and not slam.values["static_camera_detected"]
+    assert scaled.values["scale_source"] == "people"
+    assert abs(slam.values["fov_deg"] - TRUE_FOV) <= 2.0
+    report = json.loads(store.get_bytes(store.key_from_uri(scaled.outputs["report"].uri)))
+    assert report["backend"] == "colmap" and report["scale"]["people"]["observable"]
+    cameras = CameraTrack.load(
+        store.get_file(store.key_from_uri(scaled.outputs["cameras"].uri), e2e["root"] / "c.npz")
+    )
+    true = truth.cameras
+    s, q, t = similarity_between(true.rotation, true.optical_center, cameras.rotation,
+                                 cameras.optical_center)  # fmt: skip
+    assert abs(s - 1) <= 0.05, f"the world is not metric: {s:.3f} true mm per estimated mm"
+
+    template = canonical_points()[0].mean(0) * 1000
+    k = true.intrinsics[0]
+    expected = []
+    for boxes in truth.boxes:  # per figure: stand-in centre through the true cameras (mm)
+        depth = k[1, 1] * BODY_HEIGHT_MM / boxes[:, 3]
+        cx, cy = boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2
+        cam = np.stack([(cx - k[0, 2]) / k[0, 0] * depth, (cy - k[1, 2]) / k[1, 1] * depth,
+                        depth], 1) + template  # fmt: skip
+        expected.append(np.einsum("tji,tj->ti", true.rotation, cam) + true.optical_center)
+    fits_path = store.get_file(store.key_from_uri(stages["fitting"].outputs["fits"].uri),
+                               e2e["root"] / "fits.npz")  # fmt: skip
+    meta, tracks = load_fits(fits_path)
+    step = int(meta["fps_factor"])
+    body = BodyModel("smpl", "neutral", model_root=str(Path(e2e["env"]["SMPLFITTER_BODY_MODELS"])
+                                                          / "smpl"))  # fmt: skip
+    errors = []
+    for fit in tracks.values():
+        frames = np.arange(0, len(fit.valid), step)
+        frames = frames[fit.valid[frames]]
+        out = body(torch.as_tensor(fit.pose_rotvecs[frames]),
+                   torch.as_tensor(fit.betas_per_frame()[frames]),
+                   torch.as_tensor(fit.trans[frames]))  # fmt: skip
+        centre = out["vertices"].numpy().mean(1) * 1000  # estimated world, mm
+        in_true = s * centre @ q.T + t
+        per_figure = [np.linalg.norm(in_true - e[frames // step], axis=1) for e in expected]
+        errors.append(min(per_figure, key=np.median))
+    assert len(errors) == FIGURES
+    for error in errors:
+        assert np.median(error) <= 100, f"median {np.median(error):.0f} mm"
+        assert np.percentile(error, 90) <= 150, f"90th percentile {np.percentile(error, 90):.0f}"
+
+
 def test_second_identical_run_is_all_cache_hits_and_fast(first_and_second_run):
     first, second = first_and_second_run
     assert all(s.cache_hit for s in second.stages)
@@ -171,7 +244,7 @@ def test_killing_a_service_mid_stage_retries_and_completes(e2e, first_and_second
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"max_persons": 0}, "max_persons"), ({"static_camera": False}, "static_camera")],
+    [({"max_persons": 0}, "max_persons"), ({"slam_backend": "orbslam"}, "slam_backend")],
 )
 def test_bad_parameter_fails_fast_naming_the_field(e2e, change, field):
     before = len(e2e["store"].list("stages/"))

@@ -177,18 +177,18 @@ class DroidBackend:
         height, width = source.shape
         intrinsics = torch.tensor([focal, focal, (width - 1) / 2, (height - 1) / 2])
         wanted = set(frames)
-        position = {f: i for i, f in enumerate(frames)}
 
-        def images() -> Iterator[tuple[int, object, object]]:
+        def images() -> Iterator[tuple[int, object, object, np.ndarray]]:
+            # timestamps are video frame indices (gaps in the calibration's strided frames)
             for index, image, mask in source.stream(wanted):
-                yield position[index], _tensor(image, mask, self.device), intrinsics, mask
+                yield index, _tensor(image, mask, self.device), intrinsics, mask
 
         for t, image, k, mask in images():
             droid.track(t, image, intrinsics=k, mask=_eighth(mask, self.device))
             if t % 20 == 0:
                 run.check_cancelled()
         count = int(droid.video.counter.value)
-        keyframes = [frames[int(i)] for i in droid.video.tstamp[:count].tolist()]
+        keyframes = [int(i) for i in droid.video.tstamp[:count].tolist()]
         poses = np.asarray(droid.terminate((t, im, k) for t, im, k, _ in images()), np.float64)
         error = float(droid.compute_error()) if calibration else float("nan")
         depth = [] if calibration else self._depth_samples(droid, count, keyframes)

@@ -79,15 +79,19 @@ def people_scale(
     sa, sb = np.concatenate(smooth_a), np.concatenate(smooth_b)
     feet_a = [np.einsum("nji,nj->ni", rotations[t.frames], t.feet) for t in tracks]
     feet_b = [centres[t.frames] for t in tracks]
-    s = _least_squares(sa.ravel(), sb.ravel(), np.ones(sa.size))
+    sa, sb = sa.ravel(), sb.ravel()
+    s = _least_squares(sa, sb, np.ones(sa.size))
     normal = np.asarray(up, np.float64)
     for _ in range(iterations):
+        if not np.isfinite(s):  # the camera did not move: nothing constrains the scale
+            return ScaleEstimate(float("nan"), float("inf"), int(sa.size), "people")
         normal = _ground_normal(feet_a, feet_b, s, normal)
         ga, gb = _heights(feet_a, feet_b, normal)
-        a_all = np.concatenate([sa.ravel() / _noise(sa.ravel()), ga / _noise(ga)])
-        b_all = np.concatenate([sb.ravel() / _noise(sa.ravel()), gb / _noise(ga)])
-        residual = a_all + s * b_all
-        weights = _huber_weights(residual)
+        # each term in units of its own residual spread at the current s
+        smooth_sigma, ground_sigma = _noise(sa + s * sb), _noise(ga + s * gb)
+        a_all = np.concatenate([sa / smooth_sigma, ga / ground_sigma])
+        b_all = np.concatenate([sb / smooth_sigma, gb / ground_sigma])
+        weights = _huber_weights(a_all + s * b_all)
         s = _least_squares(a_all, b_all, weights)
     residual = a_all + s * b_all
     information = float((weights * b_all**2).sum())

@@ -9,7 +9,7 @@ from evo.core import geometry
 from scipy.spatial.transform import Rotation
 
 from services.common.formats.cameras import CameraTrack
-from services.common.stagerun import StageRun, StageOutputs
+from services.common.stagerun import StageOutputs, StageRun
 from tests.support.world import MovingCameraTruth, make_moving_camera_video, write_truth_masks
 
 

@@ -83,13 +83,13 @@ class World:
     """The static room, its textures, and the figures' floor positions per frame."""
 
     rects: list[Rect]
-    textures: list[np.ndarray]
+    textures: list[np.ndarray]  # float32 (S, S, 3)
     figure_paths: list[np.ndarray] = field(default_factory=list)  # each (T, 2): x, z on floor
 
     @classmethod
     def room(cls, seed: int = 0) -> "World":
         rng = np.random.default_rng(seed)
-        textures = [_texture(rng) for _ in range(6)]
+        textures = [_texture(rng).astype(np.float32) for _ in range(6)]
         rects = [
             Rect(1, FLOOR_Y, (-6, -4), (6, 14), 0),
             Rect(1, CEILING_Y, (-6, -4), (6, 14), 1, 0.9),
@@ -116,40 +116,47 @@ class World:
 def render(
     world: World, k: np.ndarray, rotation: np.ndarray, centre: np.ndarray, frame: int,
     width: int, height: int,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """RGB uint8 (H, W, 3) and one bool (H, W) mask per figure, for a world->camera rotation
-    and camera centre (m)."""
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """RGB uint8 (H, W, 3), one bool (H, W) mask per figure and the depth (z, m) of every
+    pixel, for a world->camera rotation and camera centre (m)."""
     u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     rays_cam = np.stack(
         [(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], axis=-1
     ).reshape(-1, 3)
     rays = rays_cam @ rotation.astype(np.float32)  # R^T d for each row d
     origin = centre.astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inverse = [1.0 / rays[:, a] for a in range(3)]
     depth = np.full(len(rays), np.inf, np.float32)
     image = np.zeros((len(rays), 3), np.float32)
     for rect in world.rects:
         b, c = [a for a in range(3) if a != rect.axis]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = (rect.offset - origin[rect.axis]) / rays[:, rect.axis]
-        hit = (t > 1e-3) & (t < depth)
-        pb = origin[b] + t * rays[:, b]
-        pc = origin[c] + t * rays[:, c]
-        hit &= (pb >= rect.lo[0]) & (pb <= rect.hi[0]) & (pc >= rect.lo[1]) & (pc <= rect.hi[1])
-        idx = np.flatnonzero(hit)
+        t = (np.float32(rect.offset) - origin[rect.axis]) * inverse[rect.axis]
+        idx = np.flatnonzero((t > 1e-3) & (t < depth))
+        t = t[idx]
+        pb = origin[b] + t * rays[idx, b]
+        pc = origin[c] + t * rays[idx, c]
+        inside = (pb >= rect.lo[0]) & (pb <= rect.hi[0]) & (pc >= rect.lo[1]) & (pc <= rect.hi[1])
+        idx, t, pb, pc = idx[inside], t[inside], pb[inside], pc[inside]
         if not len(idx):
             continue
-        depth[idx] = t[idx]
-        image[idx] = _sample(world.textures[rect.texture], pb[idx], pc[idx]) * rect.brightness
+        depth[idx] = t
+        image[idx] = _sample(world.textures[rect.texture], pb, pc) * rect.brightness
     owner = np.full(len(rays), -1)
     centres = world.figure_centres(frame)
     for i, centre_i in enumerate(centres):
-        hit, t = _billboard_hits(rays, origin, centre_i, depth)
-        depth[hit] = t[hit]
-        image[hit] = _FIGURE_COLORS[i % len(_FIGURE_COLORS)]
-        owner[hit] = i
+        rows = _billboard_rows(k, rotation, centre, centre_i, width, height)
+        if rows is None:
+            continue
+        sub = slice(rows[0] * width, rows[1] * width)
+        hit, t = _billboard_hits(rays[sub], origin, centre_i, depth[sub])
+        where = np.flatnonzero(hit) + rows[0] * width
+        depth[where] = t[hit]
+        image[where] = _FIGURE_COLORS[i % len(_FIGURE_COLORS)]
+        owner[where] = i
     masks = [owner == i for i in range(len(centres))]
     frame_rgb = np.clip(image, 0, 255).astype(np.uint8).reshape(height, width, 3)
-    return frame_rgb, [m.reshape(height, width) for m in masks]
+    return frame_rgb, [m.reshape(height, width) for m in masks], depth.reshape(height, width)
 
 
 _FIGURE_COLORS = [(230, 200, 170), (170, 220, 240), (210, 240, 190), (240, 180, 220)]
@@ -163,10 +170,22 @@ def _sample(texture: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     x1, y1 = (x0 + 1) % size, (y0 + 1) % size
-    tex = texture.astype(np.float32)
+    tex = texture
     top = tex[y0, x0] * (1 - fx) + tex[y0, x1] * fx
     bottom = tex[y1, x0] * (1 - fx) + tex[y1, x1] * fx
     return top * (1 - fy) + bottom * fy
+
+
+def _billboard_rows(k, rotation, camera_centre, centre, width, height):
+    """Image rows [start, stop) that a figure's billboard can cover, None when off screen."""
+    corners = centre + np.array([[dx, dy, dz] for dx in (-0.4, 0.4) for dy in (-1.0, 1.0)
+                                 for dz in (-0.4, 0.4)])  # fmt: skip
+    cam = (corners - camera_centre) @ rotation.T
+    if (cam[:, 2] <= 0.05).any():
+        return 0, height
+    v = (cam[:, 1] / cam[:, 2]) * k[1, 1] + k[1, 2]
+    start, stop = int(max(np.floor(v.min()) - 2, 0)), int(min(np.ceil(v.max()) + 3, height))
+    return (start, stop) if stop > start else None
 
 
 def _billboard_hits(rays, origin, centre, depth):
@@ -302,7 +321,7 @@ def make_moving_camera_video(
         stream.options = {"preset": "veryfast", "crf": str(crf)}
     try:
         for t in range(num_frames):
-            image, figure_masks = render(world, k, rotations[t], centres[t], t, width, height)
+            image, figure_masks, _ = render(world, k, rotations[t], centres[t], t, width, height)
             for i, m in enumerate(figure_masks):
                 ys, xs = np.nonzero(m)
                 if len(xs):
