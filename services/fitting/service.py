@@ -18,6 +18,7 @@ from services.common.formats import fits as fits_format
 from services.common.formats import ground as ground_format
 from services.common.formats.cameras import CameraTrack
 from services.common.formats.predictions import UNTRACKED, PredictionsReader
+from services.common.identity import ModelIdentity, data_identity, file_identity, with_identity
 from services.common.server import (
     StageService,
     artifact_to_proto,
@@ -50,6 +51,7 @@ class BodyModels:
         self.settings = settings
         self.root = body_model_root(settings)
         self._loaded: dict[tuple[str, str], SmplFitter] = {}
+        self._identities: dict[tuple[str, str], ModelIdentity] = {}
         self._lock = threading.Lock()
 
     def check(self, body_model: str, gender: str) -> Path:
@@ -70,8 +72,30 @@ class BodyModels:
         with self._lock:
             key = (body_model, gender)
             if key not in self._loaded:
-                self._loaded[key] = SmplFitter(self.check(body_model, gender), gender)
+                folder = self.check(body_model, gender)
+                smpl = SmplFitter(folder, gender)
+                self._identities[key] = body_model_identity(folder, body_model, gender, smpl)
+                self._loaded[key] = smpl
             return self._loaded[key]
+
+    def identity(self, body_model: str, gender: str) -> ModelIdentity:
+        """What the fits of `get(body_model, gender)` depend on (after `get`)."""
+        with self._lock:
+            return self._identities[(body_model, gender)]
+
+
+def body_model_identity(
+    folder: Path, body_model: str, gender: str, smpl: SmplFitter
+) -> ModelIdentity:
+    """The body model files smplfitter read and the vertex subset the fit works on (from a
+    subset file or computed from the template); the fit always runs on the CPU in float32."""
+    files = [
+        file_identity(body_model, path, folder)
+        for path in body_model_files(folder, body_model, gender)
+    ]
+    subset = np.ascontiguousarray(smpl.vertex_subset, np.int64)
+    files.append(data_identity(body_model, f"vertex_subset[{len(subset)}]", subset.tobytes()))
+    return ModelIdentity.of(files)
 
 
 def validate(request: fitting_pb2.RunRequest) -> dict:
@@ -267,6 +291,8 @@ class FittingServicer(fitting_pb2_grpc.FittingServiceServicer):
     def Run(self, request, context):
         params = validate(request)
         smpl = self.body_models.get(params["body_model"], params["gender"])
+        identity = self.body_models.identity(params["body_model"], params["gender"])
+        params = with_identity(params, identity)
         inputs = {"predictions": request.predictions}
         if request.HasField("cameras"):
             inputs["cameras"] = request.cameras

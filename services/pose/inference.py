@@ -45,6 +45,7 @@ class PoseJob:
     batch_size: int = 8
     options: InferenceOptions = field(default_factory=InferenceOptions)
     model_info: dict = field(default_factory=dict)  # name, file, sha256: copied to the metadata
+    identity: dict = field(default_factory=dict)  # ModelIdentity.params(): copied to the metadata
 
 
 @dataclass
@@ -265,6 +266,7 @@ def estimate_video(
     metadata = {
         "video": {"width": video.width, "height": video.height, "fps": video.fps},
         "model": job.model_info,
+        "identity": job.identity,
         "mode": "masks" if boxes_source else "detector",
         "track_ids": boxes_source.track_ids if boxes_source else [],
         "cameras": {**cameras.describe(), "world_up": np.asarray(cameras.world_up).tolist(),

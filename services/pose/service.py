@@ -12,6 +12,7 @@ from nlfpipe.pose.v1 import pose_pb2, pose_pb2_grpc
 from services.common import models
 from services.common.errors import InvalidInput
 from services.common.formats.predictions import MEDIA_TYPE
+from services.common.identity import ModelIdentity, registry_files, with_identity
 from services.common.server import (
     StageService,
     artifact_to_proto,
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     nlf: NlfModel
     info: dict  # name, file, sha256
+    identity: ModelIdentity  # the NLF file, its canonical points, device and precision
     lock: threading.Lock
 
 
@@ -68,8 +70,13 @@ class PoseModels:
         module = load_torchscript(path, self.device)
         nlf = NlfModel(module, canonical, num_vertices, self.device, fp16=self.fp16)
         info = {"name": name, "file": path.name, "sha256": models.sha256_of(path)}
+        identity = ModelIdentity.of(
+            registry_files(name, self.settings) + registry_files("nlf-data", self.settings),
+            device=self.device,
+            precision="float16" if nlf.half else "float32",
+        )
         log.info("loaded %s (%s) on %s", name, path, self.device)
-        return LoadedModel(nlf, info, threading.Lock())
+        return LoadedModel(nlf, info, identity, threading.Lock())
 
 
 def _positive(request, name: str, limit: int | None = None) -> int:
@@ -161,6 +168,7 @@ def compute_poses(run: StageRun, model: LoadedModel) -> StageOutputs:
         batch_size=params["batch_size"],
         options=_options(params),
         model_info=model.info,
+        identity=model.identity.params(),
     )
     with model.lock:
         summary = estimate_video(
@@ -192,7 +200,7 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
     def Run(self, request, context):
         params = validate(request, self.default_model)
         model = self.models.get(params["model"])
-        params["model_sha256"] = model.info["sha256"]
+        params = with_identity(params, model.identity)
         inputs = {"video": request.video}
         for name in ("masks", "cameras"):
             if request.HasField(name):

@@ -5,6 +5,7 @@ from functools import partial
 import grpc
 
 from nlfpipe.semseg.v1 import semseg_pb2, semseg_pb2_grpc
+from services.common.identity import with_identity
 from services.common.server import (
     StageService,
     artifact_to_proto,
@@ -14,8 +15,8 @@ from services.common.server import (
 from services.common.settings import Settings
 from services.common.stagerun import StageResult
 from services.common.store import ArtifactStore
-from services.semseg.backends import backend_name, load_segmenter
-from services.semseg.pipeline import STAGE, VERSION, PersonSegmenter, SemsegParams, compute_semseg
+from services.semseg.backends import LoadedSegmenter, backend_name, load_segmenter
+from services.semseg.pipeline import STAGE, VERSION, SemsegParams, compute_semseg
 
 
 def params_from_request(request: semseg_pb2.RunRequest) -> SemsegParams:
@@ -43,11 +44,12 @@ class SemsegServicer(semseg_pb2_grpc.SemsegServiceServicer):
     def __init__(self, store: ArtifactStore, backend_name: str):
         self.store = store
         self.backend_name = backend_name
-        self.segmenter: PersonSegmenter | None = None
+        self.loaded: LoadedSegmenter | None = None
 
     def Run(self, request: semseg_pb2.RunRequest, context: grpc.ServicerContext):  # noqa: N802
         params = params_from_request(request)
-        segmenter = self.segmenter  # set by load(); the server refuses calls until then
+        loaded = self.loaded  # set by load(); the server refuses calls until then
+        cache_params = {**params.to_dict(), "backend": self.backend_name}
 
         yield from stream_cached_run(
             context,
@@ -57,9 +59,10 @@ class SemsegServicer(semseg_pb2_grpc.SemsegServiceServicer):
             stage=STAGE,
             version=VERSION,
             inputs={"video": request.video},
-            params={**params.to_dict(), "backend": self.backend_name},
+            params=with_identity(cache_params, loaded.identity),
             compute=partial(
-                compute_semseg, params=params, segmenter=segmenter, backend=self.backend_name
+                compute_semseg, params=params, segmenter=loaded.segmenter,
+                backend=self.backend_name,
             ),
             force=request.force,
         )
@@ -70,7 +73,7 @@ def build(settings: Settings, store: ArtifactStore) -> StageService:
     servicer = SemsegServicer(store, backend_name())
 
     def load() -> None:
-        servicer.segmenter = load_segmenter(settings, servicer.backend_name)
+        servicer.loaded = load_segmenter(settings, servicer.backend_name)
 
     return StageService(
         stage=STAGE,

@@ -3,6 +3,7 @@ the non-learned synthetic test backend (NLFPIPE_TRACKING_BACKEND=synthetic)."""
 
 from collections.abc import Mapping
 
+from services.common.identity import ModelIdentity, registry_files
 from services.common.models import require_model
 from services.common.settings import Settings, env_choice, resolve_device
 from services.tracking.detection import MaskRCNNDetector
@@ -25,6 +26,16 @@ def synthetic_backend() -> TrackingBackend:
     return TrackingBackend("synthetic", SyntheticPersonDetector(), lambda p: SyntheticPropagator())
 
 
+def stcn_identity(settings: Settings, device: str) -> ModelIdentity:
+    """Mask R-CNN's and STCN's files in the model cache, the device, and the precision (STCN
+    runs under fp16 autocast on CUDA, Mask R-CNN always in float32)."""
+    return ModelIdentity.of(
+        registry_files("maskrcnn", settings) + registry_files("stcn", settings),
+        device=device,
+        precision="float16-autocast" if device.startswith("cuda") else "float32",
+    )
+
+
 def load_backend(settings: Settings, name: str) -> TrackingBackend:
     """Loads the backend's models from the model cache (ModelNotReady when missing)."""
     if name == "synthetic":
@@ -38,4 +49,5 @@ def load_backend(settings: Settings, name: str) -> TrackingBackend:
         "stcn",
         detector,
         lambda p: STCNPropagator(network, device, p.mem_size, p.temp_mem_size, p.top_k, p.seed),
+        stcn_identity(settings, device),
     )

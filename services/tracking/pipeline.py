@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlemasklib import RLEMask
@@ -11,6 +11,7 @@ from services.common.errors import InvalidInput
 from services.common.formats.masks import MEDIA_TYPE as MASKS_MEDIA_TYPE
 from services.common.formats.masks import write_track_masks
 from services.common.frames import Video, resize, working_shape
+from services.common.identity import ModelIdentity
 from services.common.stagerun import OutputFile, StageOutputs, StageRun
 from services.tracking.detection import PersonDetector, person_candidates
 from services.tracking.morph import cleanup_mask
@@ -74,6 +75,7 @@ class TrackingBackend:
     name: str
     detector: PersonDetector
     make_propagator: Callable[[TrackingParams], MaskPropagator]
+    identity: ModelIdentity = field(default_factory=ModelIdentity)  # weights, device, precision
 
 
 def track_summaries(

@@ -5,6 +5,7 @@ from functools import partial
 import grpc
 
 from nlfpipe.tracking.v1 import tracking_pb2, tracking_pb2_grpc
+from services.common.identity import with_identity
 from services.common.server import (
     StageService,
     artifact_to_proto,
@@ -80,7 +81,7 @@ class TrackingServicer(tracking_pb2_grpc.TrackingServiceServicer):
             stage=STAGE,
             version=VERSION,
             inputs={"video": request.video},
-            params={**params.to_dict(), "backend": backend.name},
+            params=with_identity({**params.to_dict(), "backend": backend.name}, backend.identity),
             compute=partial(compute_tracking, params=params, backend=backend),
             force=request.force,
         )
