@@ -11,6 +11,8 @@ from services.common.frames import Video
 from services.slam.masks import SlamMasks
 
 Frames = Iterator[tuple[int, np.ndarray, np.ndarray]]
+#: The end of every FAILED_PRECONDITION message of a backend: what the user can do.
+ADVICE = "if the camera does not move, pass --static-camera; a known field of view (--fov) helps"
 
 
 def slam_shape(height: int, width: int, target_pixels: int, multiple: int = 8) -> tuple[int, int]:

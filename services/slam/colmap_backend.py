@@ -14,6 +14,7 @@ import numpy as np
 
 from services.common.errors import PreconditionFailed
 from services.slam.backend import (
+    ADVICE,
     CameraPrior,
     DepthSamples,
     FrameSource,
@@ -24,8 +25,6 @@ from services.slam.chunks import join_chunks, plan_chunks
 from services.slam.colmap_sfm import SfmOptions, SfmResult, reconstruct
 from services.slam.geometry import fov_from_focal, interpolate
 from services.slam.keyframes import KeyframeRules, KeyframeSelector, MotionAnalysis
-
-ADVICE = "if the camera does not move, pass --static-camera; a known field of view (--fov) helps"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from scipy.spatial.transform import Rotation
 
 from services.common.errors import PreconditionFailed
 from services.slam.backend import (
+    ADVICE,
     CameraPrior,
     DepthSamples,
     FrameSource,
@@ -36,8 +37,6 @@ from services.slam.backend import (
 )
 from services.slam.chunks import join_chunks, plan_chunks
 from services.slam.geometry import focal_from_fov, fov_from_focal
-
-ADVICE = "if the camera does not move, pass --static-camera; a known field of view (--fov) helps"
 
 
 @dataclass(frozen=True)

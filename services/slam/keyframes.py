@@ -28,7 +28,7 @@ class KeyframeRules:
 
     keyframe_flow: float = 0.02  # median displacement as a fraction of the image width
     min_tracked: float = 0.5  # fraction of the keyframe's corners that must survive
-    max_gap: int = 6  # candidates between keyframes at most
+    max_gap: int = 3  # candidates between keyframes at most
     static_px: float = 1.0  # largest median displacement of a static camera, pixels
     min_keyframes: int = 5  # a moving camera gets at least this many (evenly spread)
     max_corners: int = 400
