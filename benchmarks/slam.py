@@ -1,6 +1,7 @@
 """Slam throughput, accuracy and peak memory on rendered moving-camera videos.
 
-Renders (tests/support/world.py) a 640x360 forward walk with two figures at 30 fps, `--seconds`
+Renders (tests/support/world.py) a 640x360 walk pacing 4 m forward and back with two figures at
+30 fps, `--seconds`
 long and `--long-seconds` long (cached in --cache), writes the figures' true masks as track
 masks, then runs each measurement in a fresh process so that its peak RSS is its own:
 - colmap on the short video: `frames_per_s` (video frames per second of wall time, every step
@@ -35,7 +36,7 @@ def render(path: Path, seconds: float) -> None:
     from tests.support.world import make_moving_camera_video, write_truth_masks
 
     truth = make_moving_camera_video(path, seconds=seconds, width=640, height=360, fps=30,
-                                     figures=2, motion="forward", fov_deg=60.0,
+                                     figures=2, motion="pace", fov_deg=60.0,
                                      keep_masks=True)  # fmt: skip
     write_truth_masks(path.with_suffix(".masks.zst"), truth, short_side=320)
     truth.cameras.save(path.with_suffix(".cameras.npz"))
@@ -97,7 +98,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     videos = {}
     for name, seconds in (("short", args.seconds), ("long", args.long_seconds)):
-        videos[name] = args.cache / f"walk-{seconds:g}s.mp4"
+        videos[name] = args.cache / f"pace-{seconds:g}s.mp4"
         if not videos[name].with_suffix(".boxes.npy").exists():
             started = time.perf_counter()
             render(videos[name], seconds)

@@ -65,7 +65,7 @@ def test_static_camera_is_detected_and_a_20_cm_move_is_not(tmp_path, motion, sta
 
 
 def test_long_sequence_in_small_chunks_matches_one_chunk(tmp_path):
-    scene = make_scene(tmp_path / "long", seconds=6.0, width=256, height=144, fps=10,
+    scene = make_scene(tmp_path / "long", seconds=4.5, width=224, height=126, fps=10,
                        figures=2, motion="forward", fov_deg=FOV)  # fmt: skip
     whole = _slam(tmp_path, scene, "whole", fov_deg=FOV)
     small = ColmapBackend(ColmapSettings(chunk_keyframes=12, chunk_overlap=5))

@@ -64,7 +64,7 @@ def people_scale(
     iterations: int = 6,
 ) -> ScaleEstimate:
     """The scale making people's world trajectories smooth and their feet level (see module)."""
-    lags = sorted({max(1, int(round(fps * s))) for s in (0.2, 0.4, 0.8)})
+    lags = sorted({max(1, int(round(fps * s))) for s in (0.4, 0.8, 1.6)})
     smooth_a, smooth_b = [], []
     for track in tracks:
         a = np.einsum("nji,nj->ni", rotations[track.frames], track.centres)  # R^T x_c
