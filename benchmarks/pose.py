@@ -5,10 +5,15 @@ the NLF stand-in (6890 + 24 points, near-zero model cost). Each length runs in a
 so that its peak RSS is its own. The last line printed is one JSON object.
 
     .venv/bin/python benchmarks/pose.py [--seconds 20] [--batch-size 8]
+
+Device and torch threads come from the environment exactly as for the service
+(``NLFPIPE_DEVICE``, ``NLFPIPE_TORCH_THREADS``); the JSON line gives both and the 1-minute load
+average before and after.
 """
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -63,17 +68,19 @@ def warm_up(model, batch_size: int) -> None:
 
 
 def run_child(video: Path, masks: Path, batch_size: int) -> dict:
-    import torch
-
+    from services.common.settings import load_settings, resolve_device
+    from services.common.threads import apply_torch_threads
     from services.pose.inference import PoseJob, estimate_video
     from services.pose.nlf import NlfModel
     from services.pose.test_model import canonical_points, make_fake_nlf
 
-    # One intra-op thread: the stand-in has no work worth splitting, and two spinning torch
-    # threads beside the decode and compression threads stall each other on 2 cores.
-    torch.set_num_threads(1)
+    # The service's own configuration: device and torch threads as `nlfpipe serve pose`
+    # sets them from the environment (NLFPIPE_DEVICE, NLFPIPE_TORCH_THREADS).
+    settings = load_settings()
+    threads = apply_torch_threads(settings)
+    device = resolve_device(settings)
     verts, joints = canonical_points()
-    model = NlfModel(make_fake_nlf(), np.concatenate([verts, joints]), len(verts), "cpu")
+    model = NlfModel(make_fake_nlf(), np.concatenate([verts, joints]), len(verts), device)
     warm_up(model, batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "p.bcz"
@@ -83,6 +90,8 @@ def run_child(video: Path, masks: Path, batch_size: int) -> dict:
         seconds = time.perf_counter() - start
         size = output.stat().st_size
     return {
+        "device": device,
+        "torch_threads": threads,
         "frames": summary.frames,
         "person_frames": summary.person_frames,
         "seconds": round(seconds, 3),
@@ -105,6 +114,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_child(Path(args.child[0]), Path(args.child[1]), args.batch_size)))
         return
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for seconds in (args.seconds / 4, args.seconds):
@@ -120,6 +130,9 @@ def main() -> None:
     print(json.dumps({
         "video": f"{args.seconds:g} s {WIDTH}x{HEIGHT} {FPS} fps, {TRACKS} tracks",
         "batch_size": args.batch_size,
+        "device": full["device"],
+        "torch_threads": full["torch_threads"],
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         **{k: full[k] for k in ("frames_per_s", "person_frames_per_s",
                                 "write_ms_per_person_frame", "peak_rss_mb")},
         "peak_rss_mb_quarter_length": short["peak_rss_mb"],

@@ -177,10 +177,16 @@ def track_people(
 
 @stage_task("semseg")
 def segment_people(params: VideoParams, ingest: StageOutcome, probe: ProbeInfo) -> StageOutcome:
-    """Person masks of every frame for SLAM (runs concurrently with tracking)."""
+    """Person masks for SLAM (runs concurrently with tracking), on the frames slam may use."""
     from nlfpipe.semseg.v1 import semseg_pb2, semseg_pb2_grpc
+    from services.common.slam_frames import slam_frames
 
-    request = semseg_pb2.RunRequest(video=ingest.ref("video"), force=params.force)
+    frames = slam_frames(probe.frame_count, probe.fps, params.slam_backend)
+    request = semseg_pb2.RunRequest(
+        video=ingest.ref("video"),
+        frame_indices=[] if len(frames) == probe.frame_count else frames,
+        force=params.force,
+    )
     return call_stage_rpc(
         "semseg", "Run", request, stub_factory=semseg_pb2_grpc.SemsegServiceStub,
         video_seconds=probe.duration_s,

@@ -9,7 +9,21 @@ from services.common.cli import build_parser, main
 from services.common.log import configure_logging, log_event, run_id_var
 
 
-def test_every_log_line_is_json_with_stage_and_run_id(capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture
+def restored_logging():
+    """configure_logging replaces the root handlers with one bound to this test's captured
+    stderr, which is closed after the test; later records (from any thread) would fail on it
+    with `ValueError: I/O operation on closed file`."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_every_log_line_is_json_with_stage_and_run_id(
+    capsys: pytest.CaptureFixture, restored_logging
+) -> None:
     configure_logging("fitting", "INFO", "json")
     token = run_id_var.set("run-42")
     try:

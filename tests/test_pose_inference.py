@@ -11,7 +11,7 @@ from services.common.formats.cameras import CameraTrack, intrinsics_from_fov
 from services.common.formats.masks import write_track_masks
 from services.common.formats.predictions import PredictionsReader, read_tracks
 from services.pose.inference import PoseJob, estimate_video
-from services.pose.nlf import InferenceOptions, NlfModel, load_torchscript
+from services.pose.nlf import InferenceOptions, NlfModel, load_torchscript, torchscript_api
 from tests.support.fake_nlf import (
     BODY_HEIGHT_MM,
     UNCERTAINTY_SCALE,
@@ -120,8 +120,10 @@ def test_tracks_boxes_static_camera_and_batching(tmp_path, video, masks, model):
     assert per_track.tracks[3].frame_indices.tolist() == [0, 1, 2, 3, 7, 8, 10]
     meta = per_track.metadata
     assert meta["mode"] == "masks" and meta["track_ids"] == [1, 3, 5]
-    assert meta["params"]["batch_size"] == 4 and meta["params"]["num_aug"] == 3
-    assert meta["cameras"]["source"] == "static"
+    # What was used, and only that: no detector options in masks mode.
+    assert meta["params"] == {"batch_size": 4, "num_aug": 3, "antialias_factor": 1,
+                              "internal_batch_size": 16}
+    assert meta["cameras"]["source"] == "static" and meta["cameras"]["fov_degrees"] == 55.0
     assert meta["model"] == {"name": "fake"}
     assert meta["video"] == {"width": W, "height": H, "fps": 10.0}
 
@@ -149,6 +151,13 @@ def test_moving_camera_gives_world_coordinates(tmp_path, video, masks, model):
             points = _expected_points(_box_of(PRESENCE[i][track_id]), k, rotations[i], centers[i])
             np.testing.assert_allclose(f.vertices[row], points[:V], atol=0.3)
     assert model.module.batch_sizes == [3, 3, 2, 2]
+    cameras_meta = PredictionsReader(out).metadata["cameras"]
+    assert cameras_meta["source"] == "cameras" and "fov_degrees" not in cameras_meta
+    out_k = tmp_path / "pk.bcz"
+    estimate_video(model, PoseJob(video=video, output=out_k, masks=masks, intrinsics=k))
+    static_meta = PredictionsReader(out_k).metadata["cameras"]
+    assert static_meta["source"] == "static" and "fov_degrees" not in static_meta
+    np.testing.assert_allclose(static_meta["intrinsic_matrix"], k)
 
 
 def test_detector_mode_applies_thresholds_and_marks_detections_untracked(tmp_path, video,
@@ -161,6 +170,8 @@ def test_detector_mode_applies_thresholds_and_marks_detections_untracked(tmp_pat
     np.testing.assert_allclose(frames[0].boxes, [[100, 50, 80, 200]])
     np.testing.assert_allclose(frames[0].box_scores, [0.9])
     assert model.module.batch_sizes == [8, 3]
+    params = PredictionsReader(out).metadata["params"]
+    assert params["detector_threshold"] == 0.15 and params["max_detections"] == -1
     out2 = tmp_path / "p2.bcz"
     estimate_video(model, PoseJob(video=video, output=out2, batch_size=8,
                                   options=InferenceOptions(detector_threshold=0.05)))
@@ -204,7 +215,8 @@ def test_model_files_that_are_not_nlf_torchscript_are_refused(tmp_path):
             return x
 
     other = tmp_path / "other.torchscript"
-    torch.jit.script(OnlyForward()).save(str(other))
+    with torchscript_api():
+        torch.jit.script(OnlyForward()).save(str(other))
     with pytest.raises(ModelNotReady, match="lacks the NLF method get_weights_for_canonical"):
         load_torchscript(other, "cpu")
     fake = tmp_path / "fake.torchscript"

@@ -15,7 +15,7 @@ from services.common.formats.predictions import PredictionsReader
 from services.common.server import build_server
 from services.common.settings import load_settings
 from services.common.store import LocalFolderStore
-from services.pose.service import build
+from services.pose.service import build, validate
 from tests.support.fake_nlf import install_test_models
 from tests.support.videos import make_test_video
 
@@ -114,3 +114,18 @@ def test_missing_model_keeps_health_not_serving_and_names_the_fix(tmp_path):
         assert "nlfpipe models fetch nlf-l" in details
     finally:
         running.stop(0)
+
+
+def test_cache_parameters_hold_only_what_the_run_uses():
+    video = common_pb2.ArtifactRef(uri="file:///v.mp4")
+    masks = common_pb2.ArtifactRef(uri="file:///m.zst")
+    in_masks_mode = validate(pose_pb2.RunRequest(video=video, masks=masks, fov_degrees=40),
+                             "nlf-l")
+    assert in_masks_mode["fov_degrees"] == 40.0
+    assert not {"detector_threshold", "max_detections", "detector_flip_aug"} & set(in_masks_mode)
+    k = pose_pb2.PinholeIntrinsics(focal_x=500, focal_y=500, principal_x=159.5, principal_y=119.5)
+    with_intrinsics = validate(pose_pb2.RunRequest(video=video, intrinsics=k), "nlf-l")
+    assert with_intrinsics["intrinsics"] == [500.0, 500.0, 159.5, 119.5]
+    assert "fov_degrees" not in with_intrinsics and with_intrinsics["detector_threshold"] == 0.15
+    with_cameras = validate(pose_pb2.RunRequest(video=video, cameras=masks), "nlf-l")
+    assert "fov_degrees" not in with_cameras and "intrinsics" not in with_cameras

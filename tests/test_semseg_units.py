@@ -24,7 +24,7 @@ def video(tmp_path_factory) -> tuple[Path, list]:
 
 def segment(video_path: Path, tmp_path: Path, segmenter, **params):
     run = StageRun(tmp_path, {"video": video_path}, {}, None, None)
-    outputs = compute_semseg(run, SemsegParams(**params), segmenter, "test")
+    outputs = compute_semseg(run, SemsegParams(**params), segmenter, "test", "test-model")
     return outputs, read_track_masks(outputs.files["masks"].path)
 
 
@@ -39,14 +39,24 @@ def test_synthetic_masks_cover_the_figures_and_nothing_else(video, tmp_path):
             x, y, w, h = truth.boxes[i]
             inside[int(y) : int(np.ceil(y + h)) + 1, int(x) : int(np.ceil(x + w)) + 1] = True
         assert mask[inside].mean() > 0.6 and not mask[~inside].any()
-    assert outputs.counts == {"frames": 5, "frames_with_persons": 5}
+    assert outputs.counts == {"frames": 5, "frames_segmented": 5, "frames_with_persons": 5}
+    assert "computed_frames" not in masks.meta
     assert masks.meta["track_meaning"] == {"0": "all persons"}
 
 
 @pytest.fixture(scope="module")
-def deeplab() -> DeepLabPersonSegmenter:
+def deeplab_weights(tmp_path_factory) -> tuple[Path, dict]:
+    """A ResNet-101 state dict file in torchvision's layout (with the auxiliary head)."""
     torch.manual_seed(0)
-    return DeepLabPersonSegmenter(build_deeplabv3(), "cpu")
+    network = build_deeplabv3()
+    path = tmp_path_factory.mktemp("weights") / "deeplab.pth"
+    torch.save(network.state_dict(), path)
+    return path, network
+
+
+@pytest.fixture(scope="module")
+def deeplab(deeplab_weights) -> DeepLabPersonSegmenter:
+    return DeepLabPersonSegmenter(deeplab_weights[1], "cpu")
 
 
 def set_person_logit(segmenter: DeepLabPersonSegmenter, value: float) -> None:
@@ -83,11 +93,12 @@ def test_threshold_decides_which_pixels_are_persons(
     assert outputs.extra["mean_person_fraction"] == (1.0 if persons else 0.0)
 
 
-def test_weights_load_from_a_state_dict_file(tmp_path, deeplab):
-    torch.save(deeplab.model.state_dict(), tmp_path / "deeplab.pth")
-    loaded = DeepLabPersonSegmenter.load(tmp_path / "deeplab.pth", "cpu")
-    name = "classifier.4.bias"
-    torch.testing.assert_close(loaded.model.state_dict()[name], deeplab.model.state_dict()[name])
+def test_resnet_weights_load_from_a_state_dict_file_of_torchvision_layout(deeplab_weights):
+    path, _ = deeplab_weights
+    expected = torch.load(path, weights_only=True)["classifier.4.bias"]
+    loaded = DeepLabPersonSegmenter.load(path, "cpu")
+    torch.testing.assert_close(loaded.model.state_dict()["classifier.4.bias"], expected)
+    assert loaded.model.aux_classifier is None  # dropped: nothing reads its output
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,10 @@ def test_semseg_run_writes_one_all_persons_track(synthetic, store, video_ref, tm
 
 @pytest.mark.parametrize(
     ("stage", "model_file"),
-    [("tracking", "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"), ("semseg", "deeplabv3_resnet101")],
+    [
+        ("tracking", "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"),
+        ("semseg", "deeplabv3_mobilenet_v3_large"),  # the default network on the CPU
+    ],
 )
 def test_missing_weights_keep_the_service_not_serving(
     store, video_ref, monkeypatch, tmp_path, stage, model_file

@@ -5,6 +5,7 @@ import importlib
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from services.common.settings import Settings, load_settings
 from services.common.stagerun import Progress, StageResult, run_stage
 from services.common.stages import stage_spec
 from services.common.store import ArtifactInfo, ArtifactStore, open_store
+from services.common.threads import apply_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -324,6 +326,8 @@ def serve(
     if build is None:
         build = importlib.import_module(f"services.{stage}.service").build
     service = build(settings, store)
+    if spec.learned and "torch" in sys.modules:  # before load(); never imports torch itself
+        apply_torch_threads(settings)
     chosen_port = (
         spec.port
         if port is None and settings.port is None

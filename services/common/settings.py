@@ -30,6 +30,7 @@ class Settings:
     host: str
     port: int | None
     model_source: str = "local"
+    torch_threads: int | None = None  # None: the device's default (services.common.threads)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -76,6 +77,15 @@ def _port(env: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
+def _threads(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise SettingsError(f"{name}={raw!r} is not valid; use auto or a thread count (1-1024)")
+    return int(raw)
+
+
 def env_choice(
     variable: str, choices: tuple[str, ...], environ: Mapping[str, str] | None = None
 ) -> str:
@@ -110,6 +120,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         host=env.get("NLFPIPE_HOST", "") or "[::]",
         port=_port(env, "NLFPIPE_PORT"),
         model_source=_choice(env, "NLFPIPE_MODEL_SOURCE", "local", ("local", "store")),
+        torch_threads=_threads(env, "NLFPIPE_TORCH_THREADS"),
     )
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -263,15 +263,18 @@ def estimate_video(
     if not expected:
         raise InvalidInput("video: the number of frames is unknown (re-encode it with ingest)")
 
+    camera_info = {**cameras.describe(), "world_up": np.asarray(cameras.world_up).tolist()}
+    if track is None and job.intrinsics is None:
+        camera_info["fov_degrees"] = job.fov_degrees  # the static camera came from it
     metadata = {
         "video": {"width": video.width, "height": video.height, "fps": video.fps},
         "model": job.model_info,
         "identity": job.identity,
         "mode": "masks" if boxes_source else "detector",
         "track_ids": boxes_source.track_ids if boxes_source else [],
-        "cameras": {**cameras.describe(), "world_up": np.asarray(cameras.world_up).tolist(),
-                    "default_fov_degrees": job.fov_degrees},
-        "params": {"batch_size": job.batch_size, **asdict(job.options)},
+        "cameras": camera_info,
+        "params": {"batch_size": job.batch_size,
+                   **job.options.used(detector=boxes_source is None)},
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     seen_tracks: set[int] = set()

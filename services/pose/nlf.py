@@ -5,7 +5,10 @@ TorchScript method can crash the process instead of raising.
 """
 
 import logging
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,16 @@ class PersonOutputs:
     boxes: np.ndarray | None = None  # (n, 5) x, y, w, h, score; detector mode only
 
 
+# Options that only NLF's own person detector reads (detector mode; masks mode gives boxes).
+DETECTOR_OPTIONS = (
+    "suppress_implausible_poses",
+    "detector_threshold",
+    "detector_nms_iou_threshold",
+    "max_detections",
+    "detector_flip_aug",
+)
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """NLF's call options (names as in NLF)."""
@@ -63,11 +76,32 @@ class InferenceOptions:
     max_detections: int = -1
     detector_flip_aug: bool = True
 
+    def used(self, detector: bool) -> dict:
+        """The options a call in that mode reads (the detector's only in detector mode)."""
+        options = asdict(self)
+        if not detector:
+            for name in DETECTOR_OPTIONS:
+                del options[name]
+        return options
+
+
+@contextmanager
+def torchscript_api() -> Iterator[None]:
+    """Our calls of torch.jit (load, script, optimize_for_inference), without torch's
+    deprecation FutureWarning: NLF is published only as TorchScript, so the warning asks for
+    something we cannot do. Other warnings, and other code's torch.jit calls, still warn."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
+        )
+        yield
+
 
 def load_torchscript(path: Path, device: str) -> torch.jit.ScriptModule:
     """Loads an NLF TorchScript file and checks its interface; ModelNotReady says what is wrong."""
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        with torchscript_api():
+            module = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelNotReady(f"{path} is not a TorchScript file ({first_line}); delete it and "
@@ -89,7 +123,8 @@ def load_torchscript(path: Path, device: str) -> torch.jit.ScriptModule:
 
 def _optimize(module: torch.jit.ScriptModule, path: Path) -> torch.jit.ScriptModule:
     try:
-        return torch.jit.optimize_for_inference(module, other_methods=list(REQUIRED_METHODS))
+        with torchscript_api():
+            return torch.jit.optimize_for_inference(module, other_methods=list(REQUIRED_METHODS))
     except RuntimeError as e:
         log.warning("optimize_for_inference failed for %s (%s); using the model as loaded",
                     path, e)

@@ -3,7 +3,7 @@
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 
 import numpy as np
@@ -111,14 +111,15 @@ def validate(request: pose_pb2.RunRequest, default_model: str) -> dict:
         "batch_size": _positive(request, "batch_size", 512),
         "mode": "masks" if request.HasField("masks") else "detector",
     }
-    if not request.HasField("cameras"):
-        params["fov_degrees"] = float(fov)
+    if not request.HasField("cameras"):  # a static camera: from the intrinsics, else the FOV
         if request.HasField("intrinsics"):
             k = request.intrinsics
             values = (k.focal_x, k.focal_y, k.principal_x, k.principal_y)
             if not all(np.isfinite(values)) or k.focal_x <= 0 or k.focal_y <= 0:
                 raise InvalidInput(f"intrinsics: focal lengths must be positive, got {values}")
             params["intrinsics"] = [float(v) for v in values]
+        else:
+            params["fov_degrees"] = float(fov)
     if not request.HasField("masks"):
         params.update(
             suppress_implausible_poses=(
@@ -137,16 +138,7 @@ def validate(request: pose_pb2.RunRequest, default_model: str) -> dict:
 
 
 def _options(params: dict) -> InferenceOptions:
-    names = (
-        "num_aug",
-        "antialias_factor",
-        "internal_batch_size",
-        "suppress_implausible_poses",
-        "detector_threshold",
-        "detector_nms_iou_threshold",
-        "max_detections",
-        "detector_flip_aug",
-    )
+    names = [f.name for f in fields(InferenceOptions)]
     return InferenceOptions(**{n: params[n] for n in names if n in params})
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.pose.nlf import torchscript_api
+
 BODY_HEIGHT_MM = 1700.0
 UNCERTAINTY_SCALE = 20.0  # uncertainty in m = UNCERTAINTY_SCALE / box height in px
 
@@ -175,7 +177,10 @@ DEFAULT_DETECTIONS = ((100.0, 50.0, 80.0, 200.0, 0.9), (300.0, 60.0, 60.0, 150.0
 
 def make_fake_nlf(detections=DEFAULT_DETECTIONS) -> torch.jit.ScriptModule:
     """The scripted stand-in; ``detections`` are the (x, y, w, h, score) its detector returns."""
-    return torch.jit.script(FakeMultipersonNLF(torch.tensor(detections, dtype=torch.float32)))
+    with torchscript_api():
+        return torch.jit.script(
+            FakeMultipersonNLF(torch.tensor(detections, dtype=torch.float32))
+        )
 
 
 def canonical_points(num_vertices: int = 6890, num_joints: int = 24, seed: int = 0):
