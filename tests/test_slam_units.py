@@ -88,12 +88,17 @@ def test_smoothing_on_se3_removes_jitter_and_keeps_the_path():
 
 
 def _people_observations(rotations, centres, fps, noise_m, seed=0):
-    """NLF-like camera-space centres and feet (m) of walking figures, with Gaussian noise."""
+    """NLF-like camera-space centres and feet (m) of two people walking 4-5 m ahead at a
+    constant velocity with a 2 cm step sway (nothing in their motion follows the camera),
+    with Gaussian noise."""
     rng = np.random.default_rng(seed)
+    t = np.arange(len(centres)) / fps
+    forward = (centres[-1, 2] - centres[0, 2]) / max(t[-1], 1e-6)
     tracks = []
-    for path in figure_paths(len(centres), fps, 2, centres, seed):
-        world = np.stack([path[:, 0], np.full(len(path), 1.6 - FIGURE_HEIGHT_M / 2),
-                          path[:, 1]], 1)  # fmt: skip
+    for i, (lane, side) in enumerate(((-0.8, 0.4), (0.8, -0.5))):
+        x = lane + side * t + 0.02 * np.sin(2 * np.pi * 1.8 * t + i)
+        z = centres[0, 2] + 4.0 + 0.7 * i + 0.6 * forward * t
+        world = np.stack([x, np.full(len(t), 1.6 - FIGURE_HEIGHT_M / 2), z], 1)
         feet = world + [0.0, FIGURE_HEIGHT_M / 2, 0.0]
         cam = np.einsum("tij,tj->ti", rotations, world - centres)
         cam_feet = np.einsum("tij,tj->ti", rotations, feet - centres)

@@ -7,7 +7,9 @@ not drift with the number of candidates. A candidate becomes a keyframe when the
 displacement exceeds `keyframe_flow` of the image width, when fewer than `min_tracked` of the
 corners survive, or when `max_gap` candidates passed. The camera is static when no candidate
 ever moved the median corner by more than `static_px` from the first frame: any rotation or
-translation that shows in the image keeps it moving.
+translation that shows in the image keeps it moving. When people hide most of the first
+frame's corners, the test starts again from the current candidate and adds the displacement
+measured so far (a bound on the true one, so a moving camera is never declared static).
 """
 
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ class KeyframeSelector:
         self._candidates: list[int] = []
         self._flows: list[float] = []
         self._from_first = 0.0
+        self._static_offset = 0.0
         self._textured = True
 
     def add(self, frame: int, gray: np.ndarray, mask: np.ndarray) -> bool:
@@ -75,9 +78,12 @@ class KeyframeSelector:
                 from_first, kept = flow, survived
             else:
                 from_first, kept = self._first.track(gray, mask)
-            self._from_first = max(self._from_first, from_first)
-            if self._from_first > self.rules.static_px or kept < self.rules.min_tracked:
+            self._from_first = max(self._from_first, self._static_offset + from_first)
+            if self._from_first > self.rules.static_px:
                 self._first = None  # moving: no need to compare with the first frame again
+            elif kept < self.rules.min_tracked:  # people hide the corners: start again here,
+                self._static_offset += from_first  # carrying the displacement so far
+                self._first = _Reference.of(gray, mask, self.rules.max_corners)
         self._since_key += 1
         if (
             flow > self.rules.keyframe_flow * gray.shape[1]

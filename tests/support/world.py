@@ -267,26 +267,17 @@ def camera_path(kind: str, num_frames: int, fps: float, seed: int = 0):
 
 def figure_paths(num_frames: int, fps: float, count: int, camera_centres: np.ndarray,
                  seed: int = 0) -> list[np.ndarray]:
-    """Floor positions (T, 2) of `count` figures walking 3.5-5.5 m ahead of the camera.
-
-    Like people: a constant velocity (forward at the camera's mean forward speed, sideways at
-    0.3-0.6 m/s, turning back every 6 s) plus a 2 cm sway at the step frequency; nothing in
-    their motion follows the camera's accelerations (the people-anchored scale relies on that).
-    """
+    """Floor positions (T, 2) of `count` figures walking 3.5-5.5 m ahead of the camera."""
     rng = np.random.default_rng(seed + 1)
     t = np.arange(num_frames) / fps
-    duration = max(t[-1], 1e-6)
-    forward_speed = (camera_centres[-1, 2] - camera_centres[0, 2]) / duration
     paths = []
     for i in range(count):
         ahead = 3.5 + 2.0 * (i + 0.5) / max(count, 1)
         lane = (i + 0.5) / max(count, 1) * 2.4 - 1.2
-        side_speed = rng.uniform(0.3, 0.6) * (1 if i % 2 == 0 else -1)
-        phase = rng.uniform(0, 1)
-        turn = 6.0  # seconds between turns
-        triangle = turn / 2 - np.abs(np.mod(t + phase * turn, 2 * turn) - turn)  # slope +-1
-        x = lane + side_speed * (triangle - triangle[0]) + 0.02 * np.sin(2 * np.pi * 1.8 * t + i)
-        z = camera_centres[0, 2] + ahead + forward_speed * t
+        speed = rng.uniform(0.5, 0.9) * (1 if i % 2 == 0 else -1)
+        x = lane + 0.5 * np.sin(speed * t + rng.uniform(0, 1))
+        z = camera_centres[0, 2] + ahead + 0.6 * (camera_centres[:, 2] - camera_centres[0, 2]) \
+            + 0.3 * np.sin(0.8 * t + i)
         paths.append(np.stack([x, z], axis=1))
     return paths
 
