@@ -43,7 +43,7 @@ class SubjectChoice(RunInput):
 @flow(name="process-video", flow_run_name="{params.video}", validate_parameters=True)
 def process_video(params: VideoParams) -> RunSummary:
     """Runs one video through ingest, tracking (with semseg and slam for a moving camera), pose
-    and fitting; returns the summary."""
+    and fitting, and interpolation when the frame rate is doubled; returns the summary."""
     started = time.monotonic()
     logger = get_run_logger()
     params = _checked(params)
@@ -66,6 +66,12 @@ def process_video(params: VideoParams) -> RunSummary:
         outcomes.append(preview.model_copy(update={"stage": "tracking-preview"}))
         selection = _ask_for_subjects(preview)
 
+    # The doubled video needs only the ingested video: it runs alongside tracking and pose.
+    interpolation = (
+        admitted(stage_tasks.interpolate_video, "interpolation").submit(params, ingest, probe)
+        if fps_factor == 2
+        else None
+    )
     semseg = None
     if not params.static_camera:  # semseg runs while tracking does; slam needs both
         semseg = admitted(stage_tasks.segment_people, "semseg").submit(params, ingest, probe)
@@ -80,7 +86,6 @@ def process_video(params: VideoParams) -> RunSummary:
             params, ingest, semseg, tracking, probe
         )
         outcomes += [semseg, cameras]
-    # The video frame doubling (concurrently with pose) plugs in here as one task.
     pose = admitted(stage_tasks.estimate_poses, "pose")(params, ingest, tracking, cameras, probe)
     outcomes.append(pose)
     if cameras is not None and cameras.values.get("needs_people_scale"):
@@ -88,6 +93,8 @@ def process_video(params: VideoParams) -> RunSummary:
         outcomes.append(cameras)
     fitting = stage_tasks.fit_bodies(params, pose, cameras, fps_factor, probe)
     outcomes.append(fitting)
+    if interpolation is not None:
+        outcomes.append(interpolation.result())
 
     summary = RunSummary(
         video=params.video,

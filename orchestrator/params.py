@@ -18,7 +18,9 @@ _TIME = re.compile(r"^(?:(?:(\d+):)?(\d{1,2}):)?(\d+(?:\.\d+)?)$")
 #: Renderers of the reference; only "none" runs until the render stage lands.
 Renderer = Literal["none", "poseviz", "blendipose"]
 #: Stages this build can run; the flow refuses a run that needs any other.
-AVAILABLE_STAGES = frozenset({"ingest", "tracking", "semseg", "slam", "pose", "fitting"})
+AVAILABLE_STAGES = frozenset(
+    {"ingest", "tracking", "semseg", "slam", "pose", "fitting", "interpolation"}
+)
 #: Camera trackers of the slam stage (docs/running.md).
 SlamBackend = Literal["auto", "colmap", "droid"]
 #: Where the metric scale of a moving camera comes from (docs/running.md).
@@ -246,9 +248,9 @@ def required_stages(params: VideoParams) -> list[str]:
     if not params.static_camera:
         stages += ["semseg", "slam"]
     stages += ["pose", "fitting"]
+    if params.fps_factor != 1:  # 2, or automatic (2 when the video has at most 40 fps)
+        stages.append("interpolation")
     if params.renderer != "none":
-        if params.fps_factor == 2:
-            stages.append("interpolation")
         stages.append("render")
     return stages
 
@@ -256,7 +258,7 @@ def required_stages(params: VideoParams) -> list[str]:
 _MISSING_STAGE_FIELD = {
     "semseg": ("static_camera", "a moving camera needs semantic segmentation and SLAM"),
     "slam": ("static_camera", "a moving camera needs semantic segmentation and SLAM"),
-    "interpolation": ("renderer", "rendering needs the interpolation and render stages"),
+    "interpolation": ("fps_factor", "doubling the frame rate needs the interpolation stage"),
     "render": ("renderer", "rendering needs the render stage"),
 }
 
@@ -272,6 +274,7 @@ def check_supported(params: VideoParams, available: frozenset[str] = AVAILABLE_S
                 + {
                     "static_camera": "use static_camera=true (--static-camera)",
                     "renderer": "use renderer='none'",
+                    "fps_factor": "use fps_factor=1",
                 }.get(field, "remove that option"),
             )
 

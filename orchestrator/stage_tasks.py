@@ -302,6 +302,20 @@ def fit_bodies(
     )  # fmt: skip
 
 
+@stage_task("interpolation")
+def interpolate_video(params: VideoParams, ingest: StageOutcome, probe: ProbeInfo) -> StageOutcome:
+    """The video at twice its frame rate, frame for frame in the layout of the doubled fits."""
+    from nlfpipe.interpolation.v1 import interpolation_pb2, interpolation_pb2_grpc
+
+    request = interpolation_pb2.RunRequest(video=ingest.ref("video"), fps_factor=2,
+                                           force=params.force)  # fmt: skip
+    return call_stage_rpc(
+        "interpolation", "Run", request,
+        stub_factory=interpolation_pb2_grpc.InterpolationServiceStub,
+        video_seconds=probe.duration_s,
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # artifacts and links
 

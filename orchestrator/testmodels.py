@@ -1,7 +1,8 @@
 """Small generated stand-ins for every model, so the whole pipeline runs without downloads.
 
 They have the real interfaces (an NLF TorchScript with NLF's methods, a body model in SMPL's
-file layout, a synthetic tracking backend that finds the light figures of generated videos);
+file layout, a synthetic tracking backend that finds the light figures of generated videos, the
+weightless optical-flow interpolation backend);
 the numbers they produce are not meaningful for real videos.
 """
 
@@ -26,5 +27,6 @@ def install_test_models(model_cache: Path) -> dict[str, str]:
         "SMPLFITTER_BODY_MODELS": str(model_cache),
         "NLFPIPE_TRACKING_BACKEND": "synthetic",
         "NLFPIPE_SEMSEG_BACKEND": "synthetic",
+        "NLFPIPE_INTERPOLATION_BACKEND": "flow",
         "NLFPIPE_DEVICE": "cpu",
     }

@@ -26,6 +26,7 @@ from orchestrator.flow import process_video, process_videos
 from orchestrator.params import ParameterError, VideoParams
 from orchestrator.stack import LocalStack
 from orchestrator.testmodels import install_test_models
+from services.common.formats.fits import load_fits
 from services.common.formats.masks import read_track_masks
 from services.common.formats.predictions import PredictionsReader
 from services.common.store import S3Store
@@ -34,9 +35,10 @@ from tests.support.world import make_moving_camera_video
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["ingest", "tracking", "semseg", "slam", "pose", "fitting"]
+STAGES = ["ingest", "tracking", "semseg", "slam", "pose", "fitting", "interpolation"]
 #: Stage outcomes of a moving-camera run, in order (slam-scale: the people-anchored scale pass).
-RUN_STAGES = ["ingest", "tracking", "semseg", "slam", "pose", "slam-scale", "fitting"]
+RUN_STAGES = ["ingest", "tracking", "semseg", "slam", "pose", "slam-scale", "fitting",
+              "interpolation"]
 FRAMES, FIGURES = 60, 2
 TRUE_FOV = 55.0
 
@@ -232,6 +234,37 @@ def test_second_identical_run_is_all_cache_hits_and_fast(first_and_second_run):
     assert second.stage_wall_seconds <= 0.2 * first.stage_wall_seconds, (
         second.stage_wall_seconds, first.stage_wall_seconds
     )
+
+
+def test_doubled_frame_rate_gives_a_video_and_fits_of_2t_frames_in_step(e2e, first_and_second_run):
+    import av
+
+    store, root = e2e["store"], e2e["root"]
+    first, _ = first_and_second_run
+    stages = _by_stage(first)
+    assert first.fps_factor == 2  # 30 fps: doubled by default
+    interpolation = stages["interpolation"]
+    ingested = stages["ingest"].outputs["video"].uri
+    assert [i["uri"] for i in _manifest(store, interpolation)["inputs"].values()] == [ingested]
+    assert interpolation.values["frame_count"] == 2 * FRAMES
+    assert interpolation.values["backend"].startswith("flow-")  # --test-models: no weights
+    doubled = store.get_file(store.key_from_uri(interpolation.outputs["video"].uri),
+                             root / "doubled.mp4")  # fmt: skip
+    source = store.get_file(store.key_from_uri(ingested), root / "ingested.mp4")
+    with av.open(str(doubled)) as container:
+        stream = container.streams.video[0]
+        assert (stream.average_rate, stream.codec_context.pix_fmt) == (60, "yuv420p")
+        frames = [f.to_ndarray(format="gray").astype(float) for f in container.decode(stream)]
+    with av.open(str(source)) as container:
+        originals = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    assert len(frames) == 2 * len(originals) == 2 * FRAMES
+    assert max(abs(frames[2 * i] - originals[i]).mean() for i in range(FRAMES)) < 2.0
+
+    fits_ref = stages["fitting"].outputs["fits"]
+    meta, tracks = load_fits(store.get_file(store.key_from_uri(fits_ref.uri), root / "fits.npz"))
+    assert meta["num_frames"] == 2 * FRAMES and meta["fps"] == 60
+    assert all(len(t.valid) == len(t.trans) == 2 * FRAMES for t in tracks.values())
+    assert first.outputs()["interpolation.video"] == interpolation.outputs["video"].uri
 
 
 def test_killing_a_service_mid_stage_retries_and_completes(e2e, first_and_second_run):

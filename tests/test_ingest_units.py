@@ -2,7 +2,6 @@
 
 import hashlib
 import random
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -17,67 +16,9 @@ from services.ingest.probe import probe_video
 from services.ingest.sources import SourceKind, classify_source, fetch_source
 from services.ingest.stage import make_request, run_ingest
 from services.ingest.timerange import TimeRange, parse_time_range
-
-_BITS = 10
-_W, _H = 160, 96
-
-
-def write_indexed_video(
-    path: Path,
-    frames: int,
-    fps: Fraction = Fraction(30),
-    pts_of: list[int] | None = None,
-    rotation: int = 0,
-    audio: bool = False,
-    codec: str = "libx264",
-) -> Path:
-    """A video whose frame i shows i in binary (10 big blocks), with B-frames and 1 s GOPs."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = _W, _H, "yuv420p"
-        stream.codec_context.gop_size = int(fps)
-        if codec == "libx264":
-            stream.options = {"crf": "12", "preset": "faster", "bf": "2"}
-        if rotation:
-            stream.set_display_rotation(rotation)
-        if pts_of is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        if audio:
-            sound = container.add_stream("aac", rate=48000)
-        for i in range(frames):
-            img = np.full((_H, _W, 3), 30, np.uint8)
-            for b in range(_BITS):
-                if i >> b & 1:
-                    y, x = divmod(b, 5)
-                    img[8 + y * 44 : 44 + y * 44, 6 + x * 31 : 30 + x * 31] = 225
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            if pts_of is not None:
-                frame.pts, frame.time_base = pts_of[i], Fraction(1, 1000)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-        if audio:
-            samples = np.zeros((1, int(48000 * frames / fps)), np.float32)
-            chunk = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            chunk.sample_rate = 48000
-            container.mux(sound.encode(chunk))
-            container.mux(sound.encode())
-    return path
-
-
-def read_indices(path: Path, quarter_turns: int = 0) -> list[int]:
-    """The frame indices shown by a video written by write_indexed_video, after turning each
-    frame counter-clockwise by quarter_turns * 90 degrees."""
-    indices = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            img = np.rot90(frame.to_ndarray(format="gray"), quarter_turns)
-            value = 0
-            for b in range(_BITS):
-                y, x = divmod(b, 5)
-                if img[26 + y * 44, 18 + x * 31] > 128:
-                    value |= 1 << b
-            indices.append(value)
-    return indices
+from tests.support.videos import INDEX_HEIGHT as _H
+from tests.support.videos import INDEX_WIDTH as _W
+from tests.support.videos import read_indices, write_indexed_video
 
 
 def video_packet_digest(path: Path) -> str:

@@ -62,9 +62,12 @@ def test_defaults_mirror_the_reference(video):
     assert (params.nlf.num_aug, params.nlf.antialias_factor) == (5, 2)
     assert (params.nlf.batch_size, params.nlf.internal_batch_size) == (8, 8)
     assert params.subjects.is_all
-    assert required_stages(params) == ["ingest", "tracking", "semseg", "slam", "pose", "fitting"]
-    static = validate_params({"video": video, "static_camera": True})
+    assert required_stages(params) == [
+        "ingest", "tracking", "semseg", "slam", "pose", "fitting", "interpolation"
+    ]
+    static = validate_params({"video": video, "static_camera": True, "fps_factor": 1})
     assert required_stages(static) == ["ingest", "tracking", "pose", "fitting"]
+    assert "interpolation" not in required_stages(params.model_copy(update={"fps_factor": 1}))
 
 
 def test_init_time_is_relative_to_the_cut(video):

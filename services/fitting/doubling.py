@@ -1,9 +1,10 @@
 """Frame doubling (fps factor 2) of smoothed points and of cameras.
 
-Output frame 2t is input frame t; output frame 2t+1 lies between input frames t and t+1. It is
-their mean where both are valid and in the same segment, and invalid otherwise (the reference
+The layout is the one of the interpolated video (`services.common.frame_doubling`): output
+frame 2t is input frame t; output frame 2t+1 lies between input frames t and t+1. It is their
+mean where both are valid and in the same segment, and invalid otherwise (the reference
 averaged a valid frame with a missing one into a half-weight frame). The last output frame
-repeats the last input frame, as the interpolated video does (RIFE duplicates its last frame).
+repeats the last input frame.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from services.common.formats.cameras import CameraTrack
+from services.common.frame_doubling import interleave
 
 
 def double_frames(
@@ -25,19 +27,16 @@ def double_frames(
     segments in output frames. Invalid frames come back NaN."""
     t_len = len(values)
     values = np.where(_expand(valid, values), values, np.nan)
-    out = np.full((2 * t_len, *values.shape[1:]), np.nan, values.dtype)
-    out[0::2] = values
     segment_id = np.full(t_len, -1)
     for k, (start, end) in enumerate(segments):
         segment_id[start:end] = k
     mid_ok = valid[:-1] & valid[1:] & (segment_id[:-1] == segment_id[1:]) & (segment_id[:-1] >= 0)
-    out[1:-1:2] = np.where(_expand(mid_ok, values[:-1]), 0.5 * (values[:-1] + values[1:]), np.nan)
-    out_valid = np.zeros(2 * t_len, bool)
-    out_valid[0::2] = valid
-    out_valid[1:-1:2] = mid_ok
-    if repeat_last and t_len:
-        out[-1] = values[-1]
-        out_valid[-1] = valid[-1]
+    mid = np.where(_expand(mid_ok, values[:-1]), 0.5 * (values[:-1] + values[1:]), np.nan)
+    out = interleave(values, mid.astype(values.dtype))
+    out_valid = interleave(valid, mid_ok)
+    if not repeat_last and t_len:
+        out[-1] = np.nan
+        out_valid[-1] = False
     out_segments = []
     for start, end in segments:
         stop = 2 * end if (end == t_len and repeat_last) else 2 * end - 1
@@ -60,13 +59,6 @@ def double_cameras(cameras: CameraTrack) -> CameraTrack:
     """Cameras at twice the frame rate: focal lengths and principal point log-linear,
     position and distortion linear, rotation the projection of the mean matrix onto SO(3);
     the last camera repeated."""
-
-    def interleave(a: np.ndarray, mid: np.ndarray) -> np.ndarray:
-        out = np.empty((2 * len(a), *a.shape[1:]), a.dtype)
-        out[0::2] = a
-        out[1:-1:2] = mid
-        out[-1] = a[-1]
-        return out
 
     k = cameras.intrinsics
     k_mid = 0.5 * (k[:-1] + k[1:])
