@@ -88,6 +88,11 @@ def test_run_writes_fits_ground_and_viewer_cameras_then_hits_the_cache(stub, s3,
         assert track.valid.all() and track.segments.tolist() == [[0, 2 * NUM_FRAMES]]
     ground = load_ground(s3.get_file(s3.key_from_uri(result.ground.uri), tmp_path / "g.json"))
     assert ground["found"] and ground["inliers"] > 20
+    assert ground["format"] == "nlfpipe.ground/2" and ground["body_model"] == "smpl"
+    assert 0 < ground["sole_offset_mm"] < 100
+    assert ground["height_mm"] == pytest.approx(
+        ground["foot_joint_height_mm"] - ground["sole_offset_mm"]
+    )
     viewer = CameraTrack.load(
         s3.get_file(s3.key_from_uri(result.viewer_cameras.uri), tmp_path / "v.npz")
     )

@@ -1,5 +1,6 @@
 """Unit tests of the fitting algorithms, including regressions for the reference's defects."""
 
+import json
 import threading
 from types import SimpleNamespace
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from services.common.formats.cameras import CameraTrack, intrinsics_from_fov
+from services.common.formats.ground import load_ground, save_ground
 from services.common.formats.predictions import UNTRACKED
 from services.fitting import robust_filter as rf
 from services.fitting.doubling import double_frames
@@ -189,3 +191,53 @@ def test_read_tracks_keeps_the_subset_vertices_and_joints_in_metres(tmp_path):
         assert track.points_m.dtype == np.float32 and track.points_m.shape == (3, 28, 3)
         np.testing.assert_allclose(track.points_m, points, atol=0.3e-3)  # 0.5 mm quantization
         np.testing.assert_allclose(track.uncertainties_m, unc, atol=1e-3)
+
+
+def test_local_quadratic_is_exact_for_constant_acceleration_where_the_mean_lags():
+    t = np.arange(30, dtype=np.float32)
+    x = np.stack([0.002 * t**2, 0.05 * t, 0 * t + 4], 1)[:, None]  # accelerating along x
+    w = np.ones((30, 1), np.float32)
+    w[12:14] = 0  # a gap inside the window
+    w[20] = 0.3  # and an uneven weight
+    kernels = rf.kernels_for_fps(30)
+    quadratic, _ = rf.robust_smooth(x, w, kernels.point, 0.05, fit_kernel=kernels.point_fit)
+    mean, _ = rf.robust_smooth(x, w, kernels.point, 0.05)
+    np.testing.assert_allclose(quadratic[:, 0], x[:, 0], atol=1e-4)  # edges and gap included
+    # The kernel-weighted mean is off by half the acceleration times the kernel's variance.
+    assert np.abs(mean[5:-5, 0, 0] - x[5:-5, 0, 0]).max() > 1.5e-3
+
+
+def test_local_quadratic_falls_back_to_the_mean_where_two_frames_are_all_there_is():
+    x = np.float32([[[0, 0, 1]], [[0.1, 0, 1]], [[0, 0, 0]], [[0, 0, 0]]])
+    w = np.float32([[1], [1], [0], [0]])
+    kernels = rf.kernels_for_fps(30)
+    y, _ = rf.robust_smooth(x, w, kernels.point, 0.05, fit_kernel=kernels.point_fit)
+    assert np.isfinite(y[:2]).all() and 0 <= y[0, 0, 0] <= 0.1 and 0 <= y[1, 0, 0] <= 0.1
+
+
+def test_window_offset_is_zero_for_symmetric_support_and_the_lag_beside_a_gap():
+    kernel = np.float32([1, 2, 0, 2, 1])  # leave-one-out: no centre tap
+    w = np.ones(20, np.float32)
+    w[8:12] = 0
+    offset = rf.window_offset(w, kernel)
+    assert offset[4] == 0  # both sides seen
+    assert offset[12] == pytest.approx((2 * 1 + 1 * 2) / 3)  # first after the gap: after only
+    assert offset[7] == pytest.approx(-(2 * 1 + 1 * 2) / 3)  # last before it: before only
+    assert offset[0] > 0 and offset[19] < 0  # the ends of the segment
+
+
+def test_ground_files_of_version_1_are_read_with_the_foot_joint_plane(tmp_path):
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"format": "nlfpipe.ground/1", "found": True,
+                                "world_up": [0, -1, 0], "height_mm": 1500.0, "inliers": 9,
+                                "points": 12}))  # fmt: skip
+    old = load_ground(path)
+    assert old["foot_joint_height_mm"] == 1500.0 and old["sole_offset_mm"] == 0.0
+    save_ground(tmp_path / "g2.json", [0, -1, 0], 1460.0, 9, 12, True, sole_offset_mm=40.0)
+    new = load_ground(tmp_path / "g2.json")
+    assert new["format"] == "nlfpipe.ground/2"
+    assert (new["height_mm"], new["foot_joint_height_mm"], new["sole_offset_mm"]) == (
+        1460.0, 1500.0, 40.0,
+    )  # fmt: skip
+    save_ground(tmp_path / "g3.json", [0, -1, 0], np.nan, 0, 2, False, sole_offset_mm=40.0)
+    assert load_ground(tmp_path / "g3.json")["height_mm"] is None

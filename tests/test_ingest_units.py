@@ -2,6 +2,7 @@
 
 import hashlib
 import random
+import re
 from pathlib import Path
 
 import av
@@ -83,15 +84,32 @@ def test_frame_span_is_half_open_on_frame_times():
     assert TimeRange(1, 2).frame_span(30000 / 1001, 300) == (30, 30)
 
 
-@pytest.mark.parametrize(("start", "end"), [(0, 60.1), (61, 62), (60, 61)])
-def test_frame_span_outside_video_is_invalid(start, end):
-    with pytest.raises(InvalidInput, match="outside the video"):
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        (0, 60.1, "ends outside the video: its end 00:01:00.100 is past the video's end at "
+                  "00:01:00.000 (1800 frames at 30.000 fps); choose an end of at most 00:01:00"),
+        (61, 62, "starts outside the video: its start 00:01:01.000 is at or past the video's "
+                 "end at 00:01:00.000 (1800 frames at 30.000 fps); choose a start before 00:01"),
+        (60, 61, "starts outside the video: its start 00:01:00.000"),
+    ],
+)  # fmt: skip
+def test_frame_span_outside_video_is_invalid(start, end, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
         TimeRange(start, end).frame_span(30, 1800)
 
 
 def test_frame_span_without_frames_is_invalid():
     with pytest.raises(InvalidInput, match="no frame"):
         TimeRange(1.001, 1.02).frame_span(30, 1800)
+    # At the very end too: the range lies inside the video but holds no frame's start time.
+    with pytest.raises(InvalidInput, match="contains no frame at 30.000 fps"):
+        TimeRange(59.99, 60).frame_span(30, 1800)
+
+
+def test_a_one_frame_video_is_one_frame():
+    with pytest.raises(InvalidInput, match=r"\(1 frame at 30.000 fps\)"):
+        TimeRange(0, 1).frame_span(30, 1)
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -319,14 +337,112 @@ def test_rotation_is_applied(tmp_path):
     assert read_indices(tmp_path / "out.mp4", quarter_turns=-1) == list(range(30))
 
 
-def test_variable_frame_rate_becomes_constant(tmp_path):
-    pts = [round(i * 1000 / 30 + (8 if i % 3 == 0 else 0)) for i in range(90)]
-    src = write_indexed_video(tmp_path / "vfr.mkv", 90, pts_of=pts)
+def _vfr_timestamps(rates_and_counts: list[tuple[float, int]]) -> list[int]:
+    """Millisecond timestamps of frames shown at each (rate, count) in turn."""
+    pts, t = [], 0.0
+    for rate, count in rates_and_counts:
+        for _ in range(count):
+            pts.append(round(t))
+            t += 1000 / rate
+    return pts
+
+
+def nearest_frames(pts_ms: list[int], rate: float, count: int) -> list[int]:
+    """For each output frame k (at k / rate), the source frame nearest in time; the test
+    timestamps are chosen so that no two source frames are nearly as near (2 ms)."""
+    pts = np.asarray(pts_ms, float) - pts_ms[0]
+    nearest = []
+    for k in range(count):
+        distance = np.abs(pts - k * 1000 / rate)
+        first, second = np.sort(distance)[:2]
+        assert second - first >= 2, f"output frame {k} is ambiguous"
+        nearest.append(int(distance.argmin()))
+    return nearest
+
+
+@pytest.mark.parametrize(
+    "pts",
+    [
+        [round(i * 1000 / 30 + (8 if i % 3 == 0 else 0)) for i in range(90)],  # jitter
+        _vfr_timestamps([(24, 25), (30, 34), (50, 31)]),  # the rate changes twice
+        _vfr_timestamps([(60, 21), (15, 10), (24, 30)]),  # a slow stretch between fast ones
+    ],
+    ids=["jitter", "24-30-50", "60-15-24"],
+)
+def test_variable_frame_rate_becomes_constant_showing_the_nearest_frames(tmp_path, pts):
+    src = write_indexed_video(tmp_path / "vfr.mkv", len(pts), pts_of=pts)
+    source = probe_video(src)
+    # From the first frame's start to the last frame's end (it lasts as long as the step
+    # before it, to the container's millisecond), not frames x mean step (11 ms more for
+    # 24-30-50).
+    end = (pts[-1] - pts[0] + pts[-1] - pts[-2]) / 1000
+    assert source.info.duration_s == pytest.approx(end, abs=0.0015)
     plan, out, _ = normalize_file(src, tmp_path / "out.mp4")
     assert "variable frame rate" in plan.reasons
-    assert out.constant_frame_rate
-    assert out.info.fps == pytest.approx(30, rel=0.01)
-    assert abs(out.info.frame_count - 90) <= 1
+    assert out.constant_frame_rate and out.frame_rate == 30
+    assert out.info.frame_count == round(source.info.duration_s * 30) == plan.frame_count
+    shown = read_indices(tmp_path / "out.mp4")
+    assert shown == nearest_frames(pts, 30, len(shown))
+
+
+def _write_full_range_video(path: Path, levels: list[int]) -> Path:
+    """A lossless yuvj420p (full range) H.264 video of flat frames with these luma levels."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        stream.options = {"crf": "0"}
+        for level in levels:
+            planes = np.concatenate([np.full(64 * 48, level), np.full(64 * 24, 128)])
+            frame = av.VideoFrame.from_ndarray(
+                planes.astype(np.uint8).reshape(72, 64), format="yuvj420p"
+            )
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def test_full_range_source_becomes_tv_range_with_the_same_picture(tmp_path):
+    levels = [0, 16, 64, 128, 235, 255]
+    src = _write_full_range_video(tmp_path / "full.mp4", levels)
+    assert probe_video(src).full_range
+    plan, out, _ = normalize_file(src, tmp_path / "out.mp4")
+    assert plan.reasons == ("pixel format yuvj420p is not yuv420p",)
+    assert out.info.pix_fmt == "yuv420p" and not out.full_range
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        frames = list(container.decode(video=0))
+    luma = [int(np.median(f.to_ndarray(format="yuv420p")[:48])) for f in frames]
+    rgb = [int(np.median(f.to_ndarray(format="rgb24"))) for f in frames]
+    # tv range: 0..255 maps to 16..235; the decoded picture keeps its levels.
+    assert np.abs(np.array(luma) - (16 + 219 * np.array(levels) / 255)).max() <= 1
+    assert np.abs(np.array(rgb) - levels).max() <= 2
+    # The normalized video complies: a second ingest copies it.
+    again, _, _ = normalize_file(tmp_path / "out.mp4", tmp_path / "again.mp4")
+    assert not again.reencode
+
+
+def test_a_pc_range_tag_on_yuv420p_is_a_reason_to_reencode(tmp_path):
+    src = tmp_path / "tagged.webm"  # VP9 has no yuvj formats: the range is a tag
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.color_range = 2  # pc
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    probe = probe_video(src)
+    assert probe.info.pix_fmt == "yuv420p" and probe.full_range
+    assert plan_normalization(probe, None, 1080).reasons == (
+        "codec vp9 is not h264",
+        "full (pc) colour range",
+    )
+
+
+def test_the_codec_is_named_not_its_decoder(tmp_path):
+    probe = probe_video(write_indexed_video(tmp_path / "av1.mkv", 5, codec="libsvtav1"))
+    assert probe.info.codec == "av1"  # decoded by libdav1d
+    plan = plan_normalization(probe, None, 1080)
+    assert plan.reasons == ("codec av1 is not h264",)
 
 
 def test_tall_and_non_h264_sources_are_reencoded(tmp_path):

@@ -2,7 +2,9 @@
 
 RANSAC picks the plane that the most foot joints touch (a track that floats or sinks cannot
 outvote the others), the normal is refined by SVD of the inliers, oriented along the camera's
-world up, and the height is the mode of the inliers' heights along that normal.
+world up, and the foot-joint height is the mode of the inliers' heights along that normal. The
+foot joints sit above the soles, so the floor (the ground proper) lies the body model's sole
+offset (`smpl_fit.sole_offset_m`) below that plane.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 @dataclass(frozen=True)
 class GroundPlane:
     up: np.ndarray  # (3,) unit normal pointing up (world frame)
-    height_mm: float  # plane: {X : <X, up> = height_mm}, X in mm; NaN when not found
+    height_mm: float  # the floor: {X : <X, up> = height_mm}, X in mm; NaN when not found
+    foot_joint_height_mm: float  # the plane of the foot joints in contact (height_mm + offset)
+    sole_offset_mm: float  # foot joints above the soles, of the body model
     inliers: int
     points: int
     found: bool
@@ -29,14 +33,21 @@ def fit_ground(
     max_tilt_degrees: float = 60.0,
     min_spread_mm: float = 150.0,
     seed: int = 0,
+    sole_offset_mm: float = 0.0,
 ) -> GroundPlane:
     """Fit the ground to (N, 3) foot-joint positions in mm; falls back to the prior up vector
-    when there are too few points or the fitted normal is more than `max_tilt_degrees` off."""
+    when there are too few points or the fitted normal is more than `max_tilt_degrees` off.
+    The floor is `sole_offset_mm` below the plane of the foot joints."""
     prior_up = np.asarray(prior_up, np.float64) / np.linalg.norm(prior_up)
     pts = np.asarray(foot_points_mm, np.float64).reshape(-1, 3)
     pts = pts[np.all(np.isfinite(pts), axis=1)]
+
+    def not_found(inliers: int) -> GroundPlane:
+        nan = float("nan")
+        return GroundPlane(prior_up, nan, nan, sole_offset_mm, inliers, len(pts), False)
+
     if len(pts) < 3:
-        return GroundPlane(prior_up, float("nan"), 0, len(pts), False)
+        return not_found(0)
 
     rng = np.random.default_rng(seed)
     best = None
@@ -55,7 +66,7 @@ def fit_ground(
         if counts[k] > best_count:
             best_count, best = int(counts[k]), (normals[k], offsets[k])
     if best is None or best_count < 3:
-        return GroundPlane(prior_up, float("nan"), max(best_count, 0), len(pts), False)
+        return not_found(max(best_count, 0))
 
     normal, offset = best
     inliers = pts[np.abs(pts @ normal - offset) < threshold_mm]
@@ -77,5 +88,8 @@ def fit_ground(
     hist, edges = np.histogram(heights, bins=100, range=(median - 200, median + 200))
     k = int(hist.argmax())
     near = np.abs(heights - 0.5 * (edges[k] + edges[k + 1])) <= 2 * (edges[1] - edges[0])
-    height = float(np.mean(heights[near]))
-    return GroundPlane(normal, height, len(inliers), len(pts), True)
+    foot_height = float(np.mean(heights[near]))
+    return GroundPlane(
+        normal, foot_height - sole_offset_mm, foot_height, sole_offset_mm, len(inliers),
+        len(pts), True,
+    )  # fmt: skip

@@ -8,8 +8,10 @@ Per track (all in metres, world frame; P = the 1024 subset vertices + 24 joints)
     scale normalisation;
  3. depth of the body centre smoothed along the camera rays (robust filter, root kernel);
     frames whose centre then still sits `outlier_threshold_m` off its neighbours are dropped;
- 4. all points smoothed with the robust filter (point kernel); a missing frame is filled only
-    when observed frames lie within the kernel radius on both sides, otherwise it is invalid;
+ 4. all points smoothed with the robust filter: robust weights from the point kernel, then a
+    robust local quadratic fit over a wider window (exact for constant acceleration); a
+    missing frame is filled only when observed frames lie within the point kernel's radius on
+    both sides, otherwise it is invalid;
  5. frame doubling (fps factor 2), never across a split or from an invalid neighbour;
  6. final fit per segment (shared shape, final rotation adjustment);
  7. the fitted pelvis smoothed along the camera rays: offset (sigma - 1)(root - c).
@@ -50,6 +52,9 @@ class FittingParams:
     outlier_threshold_m: float = 0.25
     filter_eps_m: float = 0.05
     filter_iterations: int = 10
+    # The points' estimate: "quadratic" (robust local quadratic, keeps real acceleration) or
+    # "mean" (the robust kernel-weighted mean alone, which damps it).
+    point_fit: str = "quadratic"
     fit: FitSettings = field(default_factory=FitSettings)
     ground_threshold_mm: float = 25.0
     ground_iterations: int = 5000
@@ -131,8 +136,10 @@ class TrackFitter:
         self.p = params
         self.fps = fps
         self.factor = fps_factor
-        self.root_kernel, self.point_kernel, _ = rf.kernels_for_fps(fps)
-        self.post_kernel = rf.kernels_for_fps(fps * fps_factor)[2]
+        kernels = rf.kernels_for_fps(fps)
+        self.root_kernel, self.point_kernel = kernels.root, kernels.point
+        self.point_fit_kernel = kernels.point_fit if params.point_fit == "quadratic" else None
+        self.post_kernel = rf.kernels_for_fps(fps * fps_factor).post_fit
 
     def _segments(self, points, w, observed, cam) -> tuple[list, np.ndarray]:
         """Splits and per-frame scale normalisation (steps 2), iterated until stable."""
@@ -194,22 +201,29 @@ class TrackFitter:
         points = _scale_about(points, cam, sigma)
         scale = np.where(observed, scale * sigma, np.nan)
 
-        # Whole-frame outliers: the centre far from what its neighbours say.
+        # Whole-frame outliers: the centre far from what its neighbours say. Where the
+        # neighbours lie mostly on one side (a gap or the segment's end), their estimate lags
+        # behind a moving body, so the limit grows by how far it may move over that lag.
         centre, cw = _body_centre(points, w)
         loo_kernel = self.root_kernel.copy()
         loo_kernel[len(loo_kernel) // 2] = 0
         neighbours, _ = rf.smooth_segments(
             centre[:, None], cw[:, None], segments, loo_kernel, p.filter_eps_m, p.filter_iterations
         )
+        lag = np.zeros(n)
+        for start, end in segments:
+            lag[start:end] = rf.window_offset(cw[start:end], loo_kernel)
+        limit = p.outlier_threshold_m + p.gap_speed_mps * np.abs(lag) / self.fps
         residual = np.linalg.norm(centre - neighbours[:, 0], axis=-1)
-        outlier = observed & (residual > p.outlier_threshold_m)
+        outlier = observed & (residual > limit)
         observed &= ~outlier
         w[~observed] = 0
         scale[outlier] = np.nan
 
         smoothed, w_out = rf.smooth_segments(
-            points, w, segments, self.point_kernel, p.filter_eps_m, p.filter_iterations
-        )
+            points, w, segments, self.point_kernel, p.filter_eps_m, p.filter_iterations,
+            self.point_fit_kernel,
+        )  # fmt: skip
         radius = len(self.point_kernel) // 2
         valid = np.zeros(n, bool)
         for start, end in segments:
@@ -329,6 +343,7 @@ def run_fitting(
         cameras.world_up,
         params.ground_threshold_mm,
         params.ground_iterations,
+        sole_offset_mm=smpl.sole_offset_m * 1000,
     )
     display = double_cameras(cameras) if fps_factor == 2 else cameras
     t_out = len(display)

@@ -13,6 +13,10 @@ estimate at s from the other frames of the window), so that a frame cannot vote 
 with the reference's distance to y_s an outlier frame that holds most of the centre tap's
 weight keeps its own estimate and is never pulled back.
 
+The points' final estimate may instead be a robust local quadratic (`fit_kernel`): the value at
+t of the quadratic in time fitted to the window's frames with weights fit tap x w' (the final
+robust weights), which keeps real acceleration that a weighted mean damps.
+
 Frames with zero prior weight are missing: they contribute nothing, and the estimate there is
 whatever the rest of the window supports (see `support`). Segments are filtered independently,
 so nothing is ever smoothed across a split.
@@ -22,7 +26,9 @@ All arrays are float32 NumPy with time as the first axis; points are (T, P, 3), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,18 +39,39 @@ ROOT_KERNEL_HIGH_FPS = (
 )  # fmt: skip
 POINT_KERNEL_LOW_FPS = (1, 4, 6, 4, 1)
 POINT_KERNEL_HIGH_FPS = (1, 8, 28, 56, 70, 56, 28, 8, 1)
+# Weights of the local quadratic fit of the points (binomial, radius 6 and 12 frames).
+POINT_FIT_RADIUS_LOW_FPS = 6
+POINT_FIT_RADIUS_HIGH_FPS = 12
 POST_FIT_KERNEL_LOW_FPS = (1, 2, 3, 2, 1)
 POST_FIT_KERNEL_HIGH_FPS = (1, 1.5, 2, 2.5, 3, 2.5, 2, 1.5, 1)
 HIGH_FPS = 40.0
 
 
-def kernels_for_fps(fps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(root depth kernel, point kernel, post-fit root kernel) for a frame rate."""
+@dataclass(frozen=True)
+class Kernels:
+    """The filter kernels of one frame rate."""
+
+    root: np.ndarray  # depth of the body centre along the camera rays
+    point: np.ndarray  # robust weights of the points
+    point_fit: np.ndarray  # local quadratic fit of the points
+    post_fit: np.ndarray  # the fitted pelvis along the camera rays
+
+
+def binomial_kernel(radius: int) -> np.ndarray:
+    """The 2 radius + 1 binomial coefficients C(2 radius, j)."""
+    return np.array([math.comb(2 * radius, j) for j in range(2 * radius + 1)], np.float32)
+
+
+def kernels_for_fps(fps: float) -> Kernels:
+    """The kernels for a frame rate (the reference's two sets, below and from 40 fps)."""
     high = fps >= HIGH_FPS
-    return (
-        np.asarray(ROOT_KERNEL_HIGH_FPS if high else ROOT_KERNEL_LOW_FPS, np.float32),
-        np.asarray(POINT_KERNEL_HIGH_FPS if high else POINT_KERNEL_LOW_FPS, np.float32),
-        np.asarray(POST_FIT_KERNEL_HIGH_FPS if high else POST_FIT_KERNEL_LOW_FPS, np.float32),
+    return Kernels(
+        root=np.asarray(ROOT_KERNEL_HIGH_FPS if high else ROOT_KERNEL_LOW_FPS, np.float32),
+        point=np.asarray(POINT_KERNEL_HIGH_FPS if high else POINT_KERNEL_LOW_FPS, np.float32),
+        point_fit=binomial_kernel(POINT_FIT_RADIUS_HIGH_FPS if high else POINT_FIT_RADIUS_LOW_FPS),
+        post_fit=np.asarray(
+            POST_FIT_KERNEL_HIGH_FPS if high else POST_FIT_KERNEL_LOW_FPS, np.float32
+        ),
     )
 
 
@@ -75,6 +102,18 @@ def moving_sum(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out
 
 
+def window_offset(weights: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """(T,) mean frame offset (frames after t positive) of the frames a kernel-weighted mean at
+    t reads, each weighted by its tap x weight (T,); 0 where the window holds no weight. It is
+    0 for a symmetric kernel over symmetric support and is the lag of the estimate otherwise."""
+    kernel = np.asarray(kernel, np.float32)
+    w = np.asarray(weights, np.float32)
+    offsets = np.arange(len(kernel), dtype=np.float32) - len(kernel) // 2
+    total = moving_sum(w, kernel)
+    moment = moving_sum(w, kernel * offsets)
+    return np.where(total > 0, moment / np.where(total > 0, total, 1), 0)
+
+
 def robust_smooth(
     x: np.ndarray,
     w: np.ndarray,
@@ -82,6 +121,7 @@ def robust_smooth(
     eps: float,
     n_iter: int = 10,
     block: int = 128,
+    fit_kernel: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Moving geometric median of one segment.
 
@@ -89,18 +129,33 @@ def robust_smooth(
     estimates (T, P, 3), NaN where the window holds no data, and the propagated confidence
     w_out = M(w, w') (T, P), 0 where the window holds no data. Points are independent, so
     they are filtered in blocks of `block` points (the working set stays in the cache).
+
+    With a `fit_kernel`, the estimate is instead a robust local quadratic: at each frame, the
+    value of the quadratic in time fitted by least squares to the window's frames with
+    weights fit_kernel tap x w' (the final robust weights). A kernel-weighted mean is biased
+    wherever the motion accelerates (it damps real acceleration); a local quadratic is exact
+    for constant acceleration, so a wider window can suppress as much noise without that bias.
     """
     kernel = np.asarray(kernel, np.float32)
+    if fit_kernel is not None:
+        fit_kernel = np.asarray(fit_kernel, np.float32)
     y = np.empty(x.shape, np.float32)
     w_out = np.empty(w.shape, np.float32)
     for start in range(0, x.shape[1], block):
         part = slice(start, start + block)
-        y[:, part], w_out[:, part] = _smooth_block(x[:, part], w[:, part], kernel, eps, n_iter)
+        y[:, part], w_out[:, part] = _smooth_block(
+            x[:, part], w[:, part], kernel, eps, n_iter, fit_kernel
+        )
     return y, w_out
 
 
 def _smooth_block(
-    x: np.ndarray, w: np.ndarray, kernel: np.ndarray, eps: float, n_iter: int
+    x: np.ndarray,
+    w: np.ndarray,
+    kernel: np.ndarray,
+    eps: float,
+    n_iter: int,
+    fit_kernel: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`robust_smooth` of a block of points."""
     centre = kernel[len(kernel) // 2]
@@ -119,11 +174,50 @@ def _smooth_block(
             break
         w_cur = w / (_distance_to_leave_one_out(xt, weighted, num, den, centre, has) + eps)
     safe_den = np.where(has, den, 1)
-    y = np.moveaxis(num / safe_den[:, None], 1, -1)
+    estimate = num / safe_den[:, None]
+    if fit_kernel is not None:
+        estimate = _local_quadratic(xt, w_cur, fit_kernel, estimate)
+    y = np.moveaxis(estimate, 1, -1)
     y[~has] = np.nan
     w_out = moving_sum(w * w_cur, kernel) / safe_den
     w_out[~has] = 0
     return y, w_out
+
+
+def _moment_sums(a: np.ndarray, kernel: np.ndarray, orders: int) -> np.ndarray:
+    """(orders, *a.shape): moving sums of `a` with the kernels kernel_j * u_j^m, m < orders,
+    where u_j = (j - h) / h is the tap's offset scaled to [-1, 1]."""
+    t_len = a.shape[0]
+    h = len(kernel) // 2
+    out = np.zeros((orders, *a.shape), np.float32)
+    for j, k in enumerate(kernel):
+        off = j - h
+        if k == 0 or abs(off) >= t_len:
+            continue
+        src = a[off:] if off >= 0 else a[: t_len + off]
+        dst = slice(0, t_len - off) if off >= 0 else slice(-off, None)
+        for m in range(orders):
+            out[m, dst] += np.float32(k * (off / h) ** m) * src
+    return out
+
+
+def _local_quadratic(
+    xt: np.ndarray, w: np.ndarray, kernel: np.ndarray, fallback: np.ndarray
+) -> np.ndarray:
+    """(T, 3, P) value at each frame of the quadratic in time fitted by weighted least squares
+    to the frames of the window around it (weights: kernel tap x w); `fallback` where the
+    weighted frames do not determine a quadratic (fewer than three of them)."""
+    s0, s1, s2, s3, s4 = _moment_sums(w, kernel, 5)
+    b0, b1, b2 = _moment_sums(w[:, None] * xt, kernel, 3)
+    # First row of the inverse of [[s0, s1, s2], [s1, s2, s3], [s2, s3, s4]] (cofactors).
+    c0 = s2 * s4 - s3 * s3
+    c1 = s2 * s3 - s1 * s4
+    c2 = s1 * s3 - s2 * s2
+    det = s0 * c0 + s1 * c1 + s2 * c2
+    ok = det > 1e-6 * s0 * s2 * s4
+    safe = np.where(ok, det, 1)
+    value = (c0[:, None] * b0 + c1[:, None] * b1 + c2[:, None] * b2) / safe[:, None]
+    return np.where(ok[:, None], value, fallback)
 
 
 def _distance_to_leave_one_out(
@@ -155,6 +249,7 @@ def smooth_segments(
     kernel: np.ndarray,
     eps: float,
     n_iter: int = 10,
+    fit_kernel: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`robust_smooth` applied to each [start, end) segment independently; frames outside
     every segment come back NaN with weight 0."""
@@ -162,7 +257,7 @@ def smooth_segments(
     w_out = np.zeros(w.shape, np.float32)
     for start, end in segments:
         y[start:end], w_out[start:end] = robust_smooth(
-            x[start:end], w[start:end], kernel, eps, n_iter
+            x[start:end], w[start:end], kernel, eps, n_iter, fit_kernel=fit_kernel
         )
     return y, w_out
 

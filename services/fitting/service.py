@@ -32,7 +32,7 @@ from services.fitting.pipeline import FittingParams, TrackInput, run_fitting
 from services.fitting.preview import write_preview
 from services.fitting.smpl_fit import FitSettings, SmplFitter, body_model_files
 
-VERSION = "1"
+VERSION = "2"  # 2: noise-unbiased scale, local quadratic points, floor height
 BODY_MODELS = ("smpl",)
 GENDERS = {0: "neutral", 1: "neutral", 2: "female", 3: "male"}
 log = logging.getLogger(__name__)
@@ -252,7 +252,11 @@ def compute_fits(run: StageRun, smpl: SmplFitter) -> StageOutputs:
         files["fits"] = OutputFile(fits_path, fits_format.MEDIA_TYPE)
         g = out.ground
         ground_path = run.workdir / "ground.json"
-        ground_format.save_ground(ground_path, g.up, g.height_mm, g.inliers, g.points, g.found)
+        ground_format.save_ground(
+            ground_path, g.up, g.height_mm, g.inliers, g.points, g.found,
+            foot_joint_height_mm=g.foot_joint_height_mm, sole_offset_mm=g.sole_offset_mm,
+            body_model=p["body_model"],
+        )  # fmt: skip
         files["ground"] = OutputFile(ground_path, ground_format.MEDIA_TYPE)
         for name, track in (("viewer_cameras", out.viewer), ("display_cameras", out.display)):
             path = run.workdir / f"{name}.npz"

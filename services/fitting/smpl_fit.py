@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.fitting.joint_regressor import fit_joint_regressor, regress_joints
+
 NUM_JOINTS = 24
 NUM_BETAS = 10
 BODY_MODEL_FILES = {
@@ -26,6 +28,8 @@ BODY_MODEL_FILES = {
 }
 GENDER_TOKENS = {"smpl": {"neutral": "neutral", "female": "f", "male": "m"}}
 FOOT_JOINTS = (10, 11)
+FOOT_PARTS = (7, 8, 10, 11)  # ankles and feet (toes): the parts whose vertices form the soles
+SOLE_PERCENTILE = 2.0
 
 
 def body_model_files(model_root: Path, body_model: str, gender: str) -> list[Path]:
@@ -44,6 +48,20 @@ def farthest_point_subset(points: np.ndarray, count: int) -> np.ndarray:
         chosen.append(i)
         dist = np.minimum(dist, np.linalg.norm(points - points[i], axis=1))
     return np.array(sorted(chosen), np.int64)
+
+
+@torch.inference_mode()
+def sole_offset_m(body_model) -> float:
+    """Height of the foot joints (10, 11) above the soles, in metres, for a smplfitter
+    BodyModel: in its rest pose with the mean shape (standing, feet flat, y up), the mean
+    height of the two foot joints minus the sole height, the 2nd percentile of the heights of
+    the vertices skinned to the ankle and foot parts (robust to a stray low vertex)."""
+    num_betas = body_model.shapedirs.shape[-1]
+    rest = body_model(torch.zeros(1, 72), torch.zeros(1, num_betas))
+    verts, joints = rest["vertices"][0].numpy(), rest["joints"][0].numpy()
+    part = body_model.weights.numpy().argmax(axis=1)
+    sole = np.percentile(verts[np.isin(part, FOOT_PARTS), 1], SOLE_PERCENTILE)
+    return float(joints[list(FOOT_JOINTS), 1].mean() - sole)
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,8 @@ class SmplFitter:
         self.fitter = BodyFitter(sub_model)
         self.prelim_fitter = BodyFitter(prelim_model)
         self.prelim_model = prelim_model
+        self.joint_regressor = fit_joint_regressor(sub_model)
+        self.sole_offset_m = sole_offset_m(self.body_model)
         n_sub = len(self.vertex_subset)
         # The reference's regularizer scaling for fits on a subset of the 6890+24 points.
         self.reg_factor = (n_sub + NUM_JOINTS) / (self.body_model.num_vertices + NUM_JOINTS)
@@ -146,22 +166,35 @@ class SmplFitter:
     @torch.inference_mode()
     def frame_scales(self, points: np.ndarray, weights: np.ndarray, betas: np.ndarray):
         """Per-frame factor by which each frame's points must be scaled (about their centroid)
-        to match the body of shape `betas` in the pose fitted to them, (n,)."""
-        verts, joints, vw, jw = self._split(points, weights, prelim=True)
+        to match the body of shape `betas` in the pose fitted to them, (n,).
+
+        The target is regressed on the body (k = sum w|m|^2 / sum w<t, m> over the vertices,
+        m the fitted body, t the target, both centred): noise in the target then averages out
+        instead of inflating the target's size as it would in the regression of the body on
+        the target. The pose is fitted to joints regressed from the vertices rather than to
+        the predicted joints, whose noise would bend (and so shrink) the fitted body.
+        """
+        n_verts = points.shape[1] - NUM_JOINTS
+        joints = regress_joints(
+            self.joint_regressor,
+            points[:, :n_verts],
+            weights[:, :n_verts],
+            points[:, n_verts:],
+        )
+        verts, _, vw, jw = self._split(points, weights, prelim=True)
         shape = torch.as_tensor(np.tile(betas, (len(points), 1)), dtype=torch.float32)
         fit = self.prelim_fitter.fit_with_known_shape(
-            shape, verts, joints, vw, jw, num_iter=1, final_adjust_rots=False,
+            shape, verts, torch.from_numpy(joints), vw, jw, num_iter=1, final_adjust_rots=False,
             requested_keys=["pose_rotvecs"],
         )  # fmt: skip
-        body = self.prelim_model(fit["pose_rotvecs"], shape)
-        target = torch.cat([verts, joints], 1).numpy()
-        model = torch.cat([body["vertices"], body["joints"]], 1).numpy()
-        w = torch.cat([vw, jw], 1).numpy()
+        model = self.prelim_model(fit["pose_rotvecs"], shape)["vertices"].numpy()
+        target = verts.numpy()
+        w = vw.numpy()
         wsum = np.maximum(w.sum(1, keepdims=True), 1e-12)
         tc = target - (w[..., None] * target).sum(1, keepdims=True) / wsum[..., None]
         mc = model - (w[..., None] * model).sum(1, keepdims=True) / wsum[..., None]
-        num = (w * (tc * mc).sum(-1)).sum(1)
-        den = (w * (tc * tc).sum(-1)).sum(1)
+        num = (w * (mc * mc).sum(-1)).sum(1)
+        den = (w * (tc * mc).sum(-1)).sum(1)
         return num / np.maximum(den, 1e-12)
 
     @torch.inference_mode()

@@ -59,6 +59,8 @@ def plan_normalization(
         reasons.append(f"codec {info.codec} is not h264")
     if info.pix_fmt != "yuv420p":
         reasons.append(f"pixel format {info.pix_fmt} is not yuv420p")
+    elif probe.full_range:
+        reasons.append("full (pc) colour range")
     if not probe.constant_frame_rate:
         reasons.append("variable frame rate")
     if info.rotation_deg:
@@ -73,9 +75,9 @@ def plan_normalization(
         width, height = width * max_height / height, max_height
     if reasons:
         width, height = _even(width), _even(height)
-    first, count = 0, info.frame_count
+    first, count = 0, probe.output_frame_count
     if time_range is not None:
-        first, count = time_range.frame_span(float(probe.frame_rate), info.frame_count)
+        first, count = time_range.frame_span(float(probe.frame_rate), count)
         reasons.append(f"cut to {time_range}")
     return NormalizationPlan(
         first,
@@ -90,6 +92,29 @@ def plan_normalization(
 
 def _rate(rate: Fraction) -> str:
     return f"{rate.numerator}/{rate.denominator}"
+
+
+def video_filters(plan: NormalizationPlan) -> str:
+    """The filter chain of a re-encode: constant frame rate, size, 8-bit tv-range yuv420p.
+
+    Output frame k (at k / rate) shows the source frame nearest to that time (ties go to the
+    later one): each frame's timestamp is moved back to the midpoint with its predecessor, the
+    start of the span of time it is nearest to, and `fps` with round=up then shows at every
+    output time the last frame that started at or before it. `tpad` repeats the last frame so
+    that the output always reaches `frame_count` frames (`-frames:v` ends it there). The scaler
+    converts full-range (pc, yuvj420p) input to tv range, which the encoder is told too.
+    """
+    midpoint = "if(isnan(PREV_INPTS),PTS,(PTS+PREV_INPTS)/2)-STARTPTS"
+    return ",".join(
+        [
+            f"setpts='{midpoint}'",
+            f"fps={_rate(plan.frame_rate)}:round=up",
+            "tpad=stop=-1:stop_mode=clone",
+            f"scale={plan.width}:{plan.height}:out_range=tv",
+            "format=yuv420p",
+            "setsar=1",
+        ]
+    )
 
 
 def ffmpeg_command(src: Path, dst: Path, probe: VideoProbe, plan: NormalizationPlan) -> list[str]:
@@ -109,13 +134,12 @@ def ffmpeg_command(src: Path, dst: Path, probe: VideoProbe, plan: NormalizationP
         cmd += ["-ss", f"{float((plan.first_frame - 0.5) / plan.frame_rate):.6f}"]
     cmd += ["-i", str(src), "-map", "0:v:0", "-map", "0:a:0?"]
     if plan.cut:
-        seconds = float(plan.frame_count / plan.frame_rate)
-        cmd += ["-frames:v", str(plan.frame_count), "-t", f"{seconds:.6f}"]
+        cmd += ["-t", f"{float(plan.frame_count / plan.frame_rate):.6f}"]
     keyint = max(1, round(KEYFRAME_INTERVAL_S * plan.frame_rate))
     return [
         *cmd,
-        *("-vf", f"setpts=PTS-STARTPTS,scale={plan.width}:{plan.height},setsar=1"),
-        *("-fps_mode", "cfr", "-r", _rate(plan.frame_rate)),
+        *("-vf", video_filters(plan), "-fps_mode", "passthrough"),
+        *("-frames:v", str(plan.frame_count), "-color_range", "tv"),
         *("-c:v", "libx264", "-preset", X264_PRESET, "-crf", str(X264_CRF)),
         *("-pix_fmt", "yuv420p", "-g", str(keyint)),
         *("-c:a", "aac", "-b:a", AUDIO_BITRATE),

@@ -17,6 +17,7 @@ from services.common.formats.video import ProbeInfo
 # precision of Matroska) or by this fraction, and still count as a constant frame rate.
 _CFR_TOLERANCE = 0.005
 _CFR_JITTER_S = 0.001
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG: full (pc) range
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,15 @@ class VideoProbe:
     sample_aspect_ratio: Fraction
     audio_codec: str
     format_name: str
+    full_range: bool = False  # pc (0-255) levels: yuvj* formats or a pc colour range tag
+
+    @property
+    def output_frame_count(self) -> int:
+        """Frames of the constant-rate normalized video: the source's own count, or for a
+        variable frame rate its duration (first frame's start to last frame's end) x rate."""
+        if self.constant_frame_rate:
+            return self.info.frame_count
+        return max(1, round(self.info.duration_s * float(self.frame_rate)))
 
 
 def _video_stream(container: av.container.InputContainer, name: str) -> av.VideoStream:
@@ -80,6 +90,7 @@ def probe_video(path: Path, name: str | None = None) -> VideoProbe:
         stream = _video_stream(container, name)
         codec = stream.codec_context
         timestamps: list[int] = []
+        last_pts, last_duration = None, 0
         first_frame = None
         count = 0
         try:
@@ -92,6 +103,8 @@ def probe_video(path: Path, name: str | None = None) -> VideoProbe:
                 ts = packet.pts if packet.pts is not None else packet.dts
                 if ts is not None:
                     timestamps.append(ts)
+                    if last_pts is None or ts > last_pts:
+                        last_pts, last_duration = ts, packet.duration or 0
                 if first_frame is None:
                     first_frame = _decode_first(codec, packet)
             if count and first_frame is None:
@@ -115,7 +128,13 @@ def probe_video(path: Path, name: str | None = None) -> VideoProbe:
         else:
             constant, frame_s = count == 1, None
         rate = _frame_rate(stream, frame_s, constant)
-        duration = count * frame_s if frame_s is not None and not constant else count / float(rate)
+        if constant or frame_s is None:
+            duration = count / float(rate)
+        else:
+            # From the first frame's start to the last frame's end (its own duration when the
+            # container gives one, else the last step).
+            last = last_duration or steps[-1]
+            duration = float((timestamps[-1] - timestamps[0] + last) * stream.time_base)
         audio = container.streams.audio
         info = ProbeInfo(
             frame_count=count,
@@ -125,7 +144,7 @@ def probe_video(path: Path, name: str | None = None) -> VideoProbe:
             duration_s=duration,
             rotation_deg=round((first_frame.rotation or 0) / 90) * 90 % 360,
             has_audio=bool(audio),
-            codec=codec.name,
+            codec=codec.codec.canonical_name,
             pix_fmt=codec.pix_fmt or first_frame.format.name,
         )
         return VideoProbe(
@@ -135,4 +154,6 @@ def probe_video(path: Path, name: str | None = None) -> VideoProbe:
             sample_aspect_ratio=Fraction(stream.sample_aspect_ratio or 1),
             audio_codec=audio[0].codec_context.name if audio else "",
             format_name=container.format.name,
+            full_range=info.pix_fmt.startswith("yuvj")
+            or _FULL_RANGE in (codec.color_range, first_frame.color_range),
         )

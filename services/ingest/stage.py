@@ -23,7 +23,7 @@ from services.common.stagerun import (
 )
 from services.common.store import ArtifactStore
 from services.ingest.normalize import NormalizationPlan, normalize_video, plan_normalization
-from services.ingest.probe import VideoProbe, probe_video
+from services.ingest.probe import probe_video
 from services.ingest.sources import FetchedSource, classify_source, fetch_source
 from services.ingest.timerange import TimeRange, parse_time_range
 
@@ -85,7 +85,7 @@ def compute_ingest(
         normalize_video(source, video, source_probe, plan, run.progress, name)
     with run.step("probe_output"):
         upright = probe_video(video, "the normalized video").info
-    _check_output(upright, source_probe, plan)
+    _check_output(upright, plan)
     # The frames are upright; the probe records the rotation that was applied (docs/formats.md).
     probe = replace(upright, rotation_deg=source_probe.info.rotation_deg)
     probe_path = run.workdir / "probe.json"
@@ -106,8 +106,8 @@ def compute_ingest(
     )
 
 
-def _check_output(probe: ProbeInfo, source: VideoProbe, plan: NormalizationPlan) -> None:
-    if source.constant_frame_rate and probe.frame_count != plan.frame_count:
+def _check_output(probe: ProbeInfo, plan: NormalizationPlan) -> None:
+    if probe.frame_count != plan.frame_count:
         raise RuntimeError(
             f"normalization produced {probe.frame_count} frames instead of {plan.frame_count}"
         )

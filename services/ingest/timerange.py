@@ -29,15 +29,25 @@ class TimeRange:
         first = math.ceil(self.start_s * fps - _EPS)
         stop = math.ceil(self.end_s * fps - _EPS)
         duration = frame_count / fps
-        if first >= frame_count or stop > frame_count:
+        video = (
+            f"the video's end at {format_seconds(duration)} "
+            f"({count_of(frame_count, 'frame')} at {fps:.3f} fps)"
+        )
+        if self.start_s >= duration - _EPS:
             raise InvalidInput(
-                f"time_range {self} is outside the video, which is {duration:.3f} s long "
-                f"({frame_count} frames at {fps:.3f} fps); choose an end of at most "
+                f"time_range {self} starts outside the video: its start "
+                f"{format_seconds(self.start_s)} is at or past {video}; choose a start before "
                 f"{format_seconds(duration)}"
+            )
+        if stop > frame_count:
+            raise InvalidInput(
+                f"time_range {self} ends outside the video: its end {format_seconds(self.end_s)} "
+                f"is past {video}; choose an end of at most {format_seconds(duration)}"
             )
         if stop <= first:
             raise InvalidInput(
-                f"time_range {self} contains no frame at {fps:.3f} fps; make it longer"
+                f"time_range {self} contains no frame at {fps:.3f} fps (a frame every "
+                f"{1 / fps:.3f} s); make it longer"
             )
         return first, stop - first
 
@@ -64,6 +74,11 @@ def parse_time_range(text: str) -> TimeRange | None:
     if end <= start:
         raise InvalidInput(f"time_range {text!r}: the end must come after the start")
     return TimeRange(start, end)
+
+
+def count_of(count: int, noun: str) -> str:
+    """`1 frame`, `2 frames`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def format_seconds(seconds: float) -> str:

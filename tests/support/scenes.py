@@ -2,8 +2,9 @@
 
 People walk on circles on a tilted ground plane (their lower foot joint touches the plane in
 every frame) in front of a slowly moving camera. `predictions_for` turns the truth into
-NLF-like predictions (mm, world frame) with optional noise: Gaussian noise per point, outlier
-frames shifted by a fixed distance, and per-frame scale jitter about the camera centre.
+NLF-like predictions (mm, world frame) with optional noise: Gaussian noise per point (its level
+may vary smoothly over time, with the uncertainties scaled to match), outlier frames shifted by a
+fixed distance, and per-frame scale jitter about the camera centre.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class Scene:
     fps: float
     cameras: CameraTrack
     up: np.ndarray  # true ground normal (unit, pointing up)
-    ground_height_mm: float  # height of the foot-joint contact plane along `up`
+    # Height along `up` of the plane the lower foot joint touches (the foot-joint plane of the
+    # ground file; the floor under the soles is the body model's sole offset lower).
+    ground_height_mm: float
     people: list[Person] = field(default_factory=list)
 
     @property
@@ -156,13 +159,25 @@ class Noise:
     outlier_fraction: float = 0.0
     outlier_mm: float = 500.0
     scale_jitter: float = 0.0  # per-frame scale uniform in [1 - s, 1 + s] about the camera
+    # The point noise and the uncertainties are multiplied by a level that swings smoothly
+    # between these bounds with this period (a constant 1 by default).
+    level_range: tuple[float, float] = (1.0, 1.0)
+    level_period_s: float = 4.0
+
+    def levels(self, frames: np.ndarray, fps: float) -> np.ndarray:
+        """The noise level multiplier at each of `frames`."""
+        low, high = self.level_range
+        phase = 2 * np.pi * np.asarray(frames) / (fps * self.level_period_s)
+        return low + (high - low) * 0.5 * (1 - np.cos(phase))
 
 
 def predictions_for(
     body_model, scene: Scene, person: Person, noise: Noise | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """NLF-like per-frame predictions of one person over the frames where it is present:
-    frame_indices (n,), vertices (n, 6890, 3) mm, joints (n, 24, 3) mm, uncertainties (m)."""
+    frame_indices (n,), vertices (n, 6890, 3) mm, joints (n, 24, 3) mm, uncertainties (m), and
+    the truth of the noise: scale_jitter (n,) (the factor applied about the camera centre),
+    noise_level (n,) and outlier (n,) (the frames shifted by `outlier_mm`)."""
     noise = noise or Noise()
     rng = np.random.default_rng(seed)
     frames = np.flatnonzero(person.present)
@@ -170,14 +185,18 @@ def predictions_for(
     verts = gt["vertices"] * 1000
     joints = gt["joints"] * 1000
     n = len(frames)
+    level = noise.levels(frames, scene.fps)
+    s = np.ones(n)
     if noise.scale_jitter:
         centres = scene.cameras.optical_center[frames][:, None]
-        s = rng.uniform(1 - noise.scale_jitter, 1 + noise.scale_jitter, (n, 1, 1))
-        verts = centres + s * (verts - centres)
-        joints = centres + s * (joints - centres)
+        s = rng.uniform(1 - noise.scale_jitter, 1 + noise.scale_jitter, n)
+        verts = centres + s[:, None, None] * (verts - centres)
+        joints = centres + s[:, None, None] * (joints - centres)
     if noise.point_sigma_mm:
-        verts = verts + rng.normal(0, noise.point_sigma_mm, verts.shape)
-        joints = joints + rng.normal(0, noise.point_sigma_mm, joints.shape)
+        sigma = noise.point_sigma_mm * level[:, None, None]
+        verts = verts + sigma * rng.normal(0, 1, verts.shape)
+        joints = joints + sigma * rng.normal(0, 1, joints.shape)
+    bad = np.zeros(n, bool)
     if noise.outlier_fraction:
         bad = rng.random(n) < noise.outlier_fraction
         direction = rng.normal(size=(n, 3))
@@ -185,14 +204,17 @@ def predictions_for(
         shift = np.where(bad[:, None], direction * noise.outlier_mm, 0)[:, None]
         verts = verts + shift
         joints = joints + shift
-    vert_unc = np.full(verts.shape[:2], 0.05) + 0.02 * rng.random(verts.shape[:2])
-    joint_unc = np.full(joints.shape[:2], 0.04) + 0.02 * rng.random(joints.shape[:2])
+    vert_unc = (0.05 + 0.02 * rng.random(verts.shape[:2])) * level[:, None]
+    joint_unc = (0.04 + 0.02 * rng.random(joints.shape[:2])) * level[:, None]
     return {
         "frame_indices": frames,
         "vertices": verts.astype(np.float32),
         "joints": joints.astype(np.float32),
         "vertex_uncertainties": vert_unc.astype(np.float32),
         "joint_uncertainties": joint_unc.astype(np.float32),
+        "scale_jitter": s,
+        "noise_level": level,
+        "outlier": bad,
     }
 
 

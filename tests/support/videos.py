@@ -103,6 +103,19 @@ def write_indexed_video(
             stream.codec_context.time_base = Fraction(1, 1000)
         if audio:
             sound = container.add_stream("aac", rate=48000)
+        # With explicit timestamps each packet lasts until the next frame (the last as long
+        # as the step before it), as a camera's variable-rate file records them.
+        durations = {}
+        if pts_of is not None:
+            steps = np.diff(pts_of).tolist()
+            durations = dict(zip(pts_of, [*steps, steps[-1]], strict=True))
+
+        def mux(packets) -> None:
+            for packet in packets:
+                if packet.pts in durations:
+                    packet.duration = durations[packet.pts]
+                container.mux(packet)
+
         for i in range(frames):
             img = np.full((INDEX_HEIGHT, INDEX_WIDTH, 3), 30, np.uint8)
             for b in range(_BITS):
@@ -112,8 +125,8 @@ def write_indexed_video(
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             if pts_of is not None:
                 frame.pts, frame.time_base = pts_of[i], Fraction(1, 1000)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+            mux(stream.encode(frame))
+        mux(stream.encode())
         if audio:
             samples = np.zeros((1, int(48000 * frames / fps)), np.float32)
             chunk = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
