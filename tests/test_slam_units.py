@@ -291,3 +291,30 @@ def test_droid_chunks_never_overflow_the_buffer(droid, tmp_path, monkeypatch):
     assert max(e.video.counter.value for e in seen) <= 6
     error = trajectory_error(cameras_of(out), droid.truth.cameras)
     assert error.ate_pct_of_path < 1e-6
+
+
+def test_fitting_reads_predictions_through_the_metric_cameras(tmp_path):
+    """The scale pass changes only the camera centres; fitting re-expresses each frame's
+    points through the cameras it is given (camera coordinates stay what NLF predicted)."""
+    from services.common.formats.cameras import CameraTrack
+    from services.fitting.service import read_tracks
+    from tests.support.scenes import write_predictions
+
+    frames = 4
+    rotations, centres = camera_path("forward", frames, 10.0)
+    provisional = CameraTrack(np.repeat(intrinsics_from_fov(60, 64, 48)[None], frames, 0),
+                              rotations, centres * 1000 / 2.5, np.zeros((frames, 5)),
+                              np.array([0.0, -1.0, 0.0]), (64, 48))  # fmt: skip
+    person_cam = np.array([0.2, 0.4, 4.0])  # metres, in every frame's camera
+    world = np.einsum("tji,j->ti", rotations, person_cam) * 1000 + provisional.optical_center
+    track = {"frame_indices": np.arange(frames),
+             "vertices": np.repeat(world[:, None], 6890, 1).astype(np.float32),
+             "joints": np.repeat(world[:, None], 24, 1).astype(np.float32),
+             "vertex_uncertainties": np.full((frames, 6890), 0.05, np.float32),
+             "joint_uncertainties": np.full((frames, 24), 0.05, np.float32)}  # fmt: skip
+    write_predictions(tmp_path / "p.bcz", provisional, {0: track}, frames)
+    metric = CameraTrack(provisional.intrinsics, rotations, centres * 1000, provisional.distortion,
+                         provisional.world_up, (64, 48))  # fmt: skip
+    _, tracks = read_tracks(tmp_path / "p.bcz", np.arange(10), metric)
+    expected = np.einsum("tji,j->ti", rotations, person_cam) + centres
+    np.testing.assert_allclose(tracks[0].points_m[:, 0], expected, atol=2e-3)
