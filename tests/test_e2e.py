@@ -177,9 +177,7 @@ def test_moving_camera_gives_metric_world_fits_on_the_true_people_paths(e2e, fir
     true = truth.cameras
     s, q, t = similarity_between(true.rotation, true.optical_center, cameras.rotation,
                                  cameras.optical_center)  # fmt: skip
-    # The stand-in people and the estimated cameras share one scale; how close it is to the
-    # truth depends on the stand-in's box-height depths (measured: within 12% on this video).
-    assert abs(s - 1) <= 0.15, f"the world is not metric: {s:.3f} true mm per estimated mm"
+    assert abs(s - 1) <= 0.05, f"the world is not metric: {s:.3f} true mm per estimated mm"
 
     template = canonical_points()[0].mean(0) * 1000
     k = true.intrinsics[0]

@@ -153,7 +153,7 @@ def compute_people_scale(run: StageRun, fps: float) -> StageOutputs:
         raise InvalidInput(f"report: format {report.get('format')!r}, want {REPORT_FORMAT}")
     people = _people_tracks(run.inputs["predictions"], len(track))
     rotations, centres = track.rotation, track.optical_center / 1000
-    estimate = people_scale(people, rotations, centres, fps)
+    estimate = people_scale(people, rotations, centres, fps, frames=report["keyframes"])
     scale = dict(report["scale"])
     provisional = float(scale["applied"])
     scale["people"] = {**estimate.to_dict(), "scale": estimate.scale * provisional}
