@@ -168,7 +168,7 @@ def test_moving_camera_gives_metric_world_fits_on_the_true_people_paths(e2e, fir
     slam, scaled = stages["slam"], stages["slam-scale"]
     assert slam.values["needs_people_scale"] and not slam.values.get("static_camera_detected")
     assert scaled.values["scale_source"] == "people"
-    assert abs(slam.values["fov_deg"] - TRUE_FOV) <= 2.0
+    assert abs(slam.values["fov_deg"] - TRUE_FOV) <= 3.0  # 2 degrees: tests/test_slam_colmap.py
     report = json.loads(store.get_bytes(store.key_from_uri(scaled.outputs["report"].uri)))
     assert report["backend"] == "colmap" and report["scale"]["people"]["observable"]
     cameras = CameraTrack.load(

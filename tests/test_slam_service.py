@@ -52,7 +52,7 @@ def test_colmap_run_then_cache_hit(slam, scene, tmp_path):
     first = call_stage(stub.Run, request, timeout_s=300, on_progress=progress.append)
     assert not first.summary.cache_hit and not first.static_camera_detected
     assert first.keyframe_count >= 5 and first.fov_deg == pytest.approx(FOV)
-    assert {p.step for p in progress} >= {"keyframes", "reconstruct"}
+    assert "keyframes" in {p.step for p in progress}  # later steps may fall in one interval
     cameras = CameraTrack.load(store.get_file(store.key_from_uri(first.cameras.uri),
                                               tmp_path / "c.npz"))  # fmt: skip
     assert trajectory_error(cameras, scene.truth.cameras).ate_pct_of_path <= 1.0

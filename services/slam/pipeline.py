@@ -11,8 +11,9 @@ Where the metric scale comes from (`scale_source`):
   pass 1's cameras, so pass 2 (`compute_people_scale`) takes them and publishes the metric
   cameras; the fitting stage expresses the predictions through the cameras it is given;
 - `auto`: both when the depth model's weights are present (both reported with their
-  agreement); the people-anchored scale is applied when the video constrains it, else the
-  depth model's; neither -> FAILED_PRECONDITION;
+  agreement); the people-anchored scale is applied when the video constrains it (relative
+  error below 10%), else the depth model's, else the people-anchored one flagged
+  `scale.uncertain` in the report; FAILED_PRECONDITION when there is none at all;
 - `none`: not metric; the provisional unit (median scene depth = PROVISIONAL_DEPTH_M) stays.
 
 Until a metric scale is applied, cameras carry the provisional unit (SLAM units normalised so
@@ -164,9 +165,16 @@ def compute_people_scale(run: StageRun, fps: float) -> StageOutputs:
             ScaleEstimate(estimate.scale * provisional, 0, 0, "people"),
         )
     factor = 1.0
+    depth_applied = bool(depth and depth["observable"] and scale["source"] == "depth")
     if estimate.observable:
         factor, scale["source"] = estimate.scale, "people"
-    elif not (depth and depth["observable"] and scale["source"] == "depth"):
+    elif depth_applied:
+        pass
+    elif report["params"]["scale_source"] == "auto" and np.isfinite(estimate.scale) \
+            and estimate.scale > 0:  # fmt: skip
+        # auto: the best estimate there is, flagged; an explicit source must be constrained
+        factor, scale["source"], scale["uncertain"] = estimate.scale, "people", True
+    else:
         raise PreconditionFailed(
             "the metric scale could not be determined: the people-anchored estimate is not "
             f"constrained by this video (relative error {estimate.relative_error:.0%}; the "
