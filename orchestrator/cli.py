@@ -41,9 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     camera = run.add_mutually_exclusive_group()
     camera.add_argument("--static-camera", dest="static_camera", action="store_true",
-                        default=True, help="the camera does not move (default)")
+                        default=False, help="the camera does not move: skip semseg and SLAM")
     camera.add_argument("--moving-camera", dest="static_camera", action="store_false",
-                        help="estimate camera motion (semseg + SLAM)")
+                        help="estimate the camera's motion (semseg + SLAM; the default)")
+    run.add_argument("--slam-backend", default="auto", choices=("auto", "colmap", "droid"),
+                     help="camera tracker: colmap (CPU), droid (CUDA), auto (droid if it can "
+                     "run, else colmap)")
+    run.add_argument("--scale-source", default="auto", choices=("auto", "people", "depth", "none"),
+                     help="metric scale of the camera path: from the people, a depth model, "
+                     "auto (people, else depth), or none")
     run.add_argument("--fov", type=float, dest="fov_deg", help="field of view in degrees")
     run.add_argument("--fps-factor", type=int, choices=(1, 2), help="default: 2 if fps <= 40")
     run.add_argument("--num-aug", type=int, default=5, help="NLF test-time augmentations")
@@ -70,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stack_sub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     up = stack_sub.add_parser("up", help="start the services and a Prefect server, then return")
-    up.add_argument("--stages", default="ingest,tracking,pose,fitting,interpolation,render",
+    up.add_argument("--stages",
+                    default="ingest,tracking,semseg,slam,pose,fitting,interpolation,render",
                     help="comma-separated stages to start")
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--no-prefect", action="store_true", help="services only")
@@ -113,6 +120,8 @@ def params_from_args(args: argparse.Namespace) -> dict:
         "subjects": subjects,
         "static_camera": args.static_camera,
         "fov_deg": args.fov_deg,
+        "slam_backend": args.slam_backend,
+        "scale_source": args.scale_source,
         "fps_factor": args.fps_factor,
         "nlf": {
             "num_aug": args.num_aug,

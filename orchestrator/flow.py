@@ -21,6 +21,8 @@ from orchestrator.params import (
     NlfOptions,
     ParameterError,
     Renderer,
+    ScaleSource,
+    SlamBackend,
     SubjectSelection,
     VideoParams,
     validate_params,
@@ -40,8 +42,9 @@ class SubjectChoice(RunInput):
 
 @flow(name="process-video", flow_run_name="{params.video}", validate_parameters=True)
 def process_video(params: VideoParams) -> RunSummary:
-    """Runs one video through ingest, tracking, (camera,) pose and fitting, interpolation when
-    the frame rate is doubled, and render; returns the summary."""
+    """Runs one video through ingest, tracking (with semseg and slam for a moving camera), pose
+    and fitting, interpolation when the frame rate is doubled, and render; returns the
+    summary."""
     started = time.monotonic()
     logger = get_run_logger()
     params = _checked(params)
@@ -70,14 +73,25 @@ def process_video(params: VideoParams) -> RunSummary:
         if fps_factor == 2
         else None
     )
+    semseg = None
+    if not params.static_camera:  # semseg runs while tracking does; slam needs both
+        semseg = admitted(stage_tasks.segment_people, "semseg").submit(params, ingest, probe)
     tracking = admitted(stage_tasks.track_people, "tracking")(
         params, ingest, init_frame, selection, probe
     )
     outcomes.append(tracking)
-    # The moving-camera path (semseg concurrently with tracking, then slam) plugs in here.
     cameras = None
+    if semseg is not None:
+        semseg = semseg.result()
+        cameras = admitted(stage_tasks.estimate_cameras, "slam")(
+            params, ingest, semseg, tracking, probe
+        )
+        outcomes += [semseg, cameras]
     pose = admitted(stage_tasks.estimate_poses, "pose")(params, ingest, tracking, cameras, probe)
     outcomes.append(pose)
+    if cameras is not None and cameras.values.get("needs_people_scale"):
+        cameras = admitted(stage_tasks.scale_cameras, "slam")(params, cameras, pose, probe)
+        outcomes.append(cameras)
     fitting = stage_tasks.fit_bodies(params, pose, cameras, fps_factor, probe)
     outcomes.append(fitting)
     doubled = None
@@ -170,8 +184,10 @@ class BatchOptions(BaseModel):
     seg_init_time: str | None = None
     max_persons: int = -1
     subjects: SubjectSelection = Field(default_factory=SubjectSelection)
-    static_camera: bool = True
+    static_camera: bool = False
     fov_deg: float | None = None
+    slam_backend: SlamBackend = "auto"
+    scale_source: ScaleSource = "auto"
     fps_factor: Literal[1, 2] | None = None
     nlf: NlfOptions = Field(default_factory=NlfOptions)
     renderer: Renderer = "opengl"

@@ -20,7 +20,13 @@ _TIME = re.compile(r"^(?:(?:(\d+):)?(\d{1,2}):)?(\d+(?:\.\d+)?)$")
 #: look at, and on a CPU-only machine it costs far less than the pose stage does.
 Renderer = Literal["opengl", "none"]
 #: Stages this build can run; the flow refuses a run that needs any other.
-AVAILABLE_STAGES = frozenset({"ingest", "tracking", "pose", "fitting", "interpolation", "render"})
+AVAILABLE_STAGES = frozenset(
+    {"ingest", "tracking", "semseg", "slam", "pose", "fitting", "interpolation", "render"}
+)
+#: Camera trackers of the slam stage (docs/running.md).
+SlamBackend = Literal["auto", "colmap", "droid"]
+#: Where the metric scale of a moving camera comes from (docs/running.md).
+ScaleSource = Literal["auto", "people", "depth", "none"]
 
 
 class ParameterError(ValueError):
@@ -141,7 +147,20 @@ class VideoParams(BaseModel):
     max_persons: int = Field(default=-1, description="Most people to track; -1 for no limit.")
     subjects: SubjectSelection = Field(default_factory=SubjectSelection)
     static_camera: bool = Field(
-        default=True, description="The camera does not move (skips semantic segmentation + SLAM)."
+        default=False,
+        description="The camera does not move: skip semantic segmentation and SLAM (results "
+        "in the camera's frame). Default: estimate the camera's motion.",
+    )
+    slam_backend: SlamBackend = Field(
+        default="auto",
+        description="Camera tracker: 'colmap' (CPU structure from motion), 'droid' (masked "
+        "DROID-SLAM, needs a CUDA GPU), 'auto' (droid where it can run, else colmap).",
+    )
+    scale_source: ScaleSource = Field(
+        default="auto",
+        description="Metric scale of the camera path: 'people' (from the people's metric "
+        "poses), 'depth' (metric depth model on the background), 'auto' (people when the "
+        "video constrains it, else the depth model), 'none' (not metric).",
     )
     fov_deg: float | None = Field(
         default=None, gt=1, lt=179, description="Field of view of the larger side; default 55."

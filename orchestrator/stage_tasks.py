@@ -175,6 +175,75 @@ def track_people(
     )  # fmt: skip
 
 
+@stage_task("semseg")
+def segment_people(params: VideoParams, ingest: StageOutcome, probe: ProbeInfo) -> StageOutcome:
+    """Person masks for SLAM (runs concurrently with tracking), on the frames slam may use."""
+    from nlfpipe.semseg.v1 import semseg_pb2, semseg_pb2_grpc
+    from services.common.slam_frames import slam_frames
+
+    frames = slam_frames(probe.frame_count, probe.fps, params.slam_backend)
+    request = semseg_pb2.RunRequest(
+        video=ingest.ref("video"),
+        frame_indices=[] if len(frames) == probe.frame_count else frames,
+        force=params.force,
+    )
+    return call_stage_rpc(
+        "semseg", "Run", request, stub_factory=semseg_pb2_grpc.SemsegServiceStub,
+        video_seconds=probe.duration_s,
+    )  # fmt: skip
+
+
+@stage_task("slam")
+def estimate_cameras(
+    params: VideoParams,
+    ingest: StageOutcome,
+    semseg: StageOutcome,
+    tracking: StageOutcome,
+    probe: ProbeInfo,
+) -> StageOutcome:
+    """The camera of every frame (on the pixels that semseg and tracking leave free)."""
+    from nlfpipe.slam.v1 import slam_pb2, slam_pb2_grpc
+
+    request = slam_pb2.RunRequest(
+        video=ingest.ref("video"),
+        semseg_masks=semseg.ref("masks"),
+        track_masks=tracking.ref("masks"),
+        fov_deg=params.fov_deg or 0.0,
+        backend=slam_pb2.Backend.Value(f"BACKEND_{params.slam_backend.upper()}"),
+        scale_source=slam_pb2.ScaleSource.Value(f"SCALE_SOURCE_{params.scale_source.upper()}"),
+        force=params.force,
+    )
+    outcome = call_stage_rpc(
+        "slam", "Run", request, stub_factory=slam_pb2_grpc.SlamServiceStub,
+        video_seconds=probe.duration_s,
+    )  # fmt: skip
+    if not outcome.values.get("needs_people_scale"):
+        show_trajectory(outcome)
+    return outcome
+
+
+@stage_task("slam")
+def scale_cameras(
+    params: VideoParams, slam: StageOutcome, pose: StageOutcome, probe: ProbeInfo
+) -> StageOutcome:
+    """The scale pass: metric cameras from the people of the pose stage's predictions."""
+    from nlfpipe.slam.v1 import slam_pb2, slam_pb2_grpc
+
+    request = slam_pb2.RunRequest(
+        predictions=pose.ref("predictions"),
+        provisional_cameras=slam.ref("cameras"),
+        provisional_report=slam.ref("report"),
+        fps=probe.fps,
+        force=params.force,
+    )
+    outcome = call_stage_rpc(
+        "slam", "Run", request, stub_factory=slam_pb2_grpc.SlamServiceStub,
+        video_seconds=probe.duration_s,
+    )  # fmt: skip
+    show_trajectory(outcome)
+    return outcome.model_copy(update={"stage": "slam-scale"})
+
+
 @stage_task("pose")
 def estimate_poses(
     params: VideoParams,
@@ -345,6 +414,18 @@ def show_render_previews(summary: RunSummary) -> None:
     uris = {name: render.outputs[name].uri for name in RENDER_PREVIEWS if name in render.outputs}
     for name, link in browser_links(uris).items():
         create_image_artifact(image_url=link, description=RENDER_PREVIEWS[name])
+
+
+def show_trajectory(slam: StageOutcome) -> None:
+    """Publishes the camera path's top view (the slam preview) as an image artifact."""
+    if "preview" not in slam.outputs:
+        return
+    link = browser_links({"preview": slam.outputs["preview"].uri}).get("preview")
+    if link:
+        source = slam.values.get("scale_source")
+        create_image_artifact(
+            image_url=link, description=f"Camera trajectory (top view; scale from {source})"
+        )
 
 
 def store_summary(summary: RunSummary) -> str:

@@ -26,6 +26,7 @@ def install_test_models(model_cache: Path) -> dict[str, str]:
         "NLFPIPE_MODEL_CACHE": str(model_cache),
         "SMPLFITTER_BODY_MODELS": str(model_cache),
         "NLFPIPE_TRACKING_BACKEND": "synthetic",
+        "NLFPIPE_SEMSEG_BACKEND": "synthetic",
         "NLFPIPE_INTERPOLATION_BACKEND": "flow",
         "NLFPIPE_DEVICE": "cpu",
     }

@@ -273,9 +273,8 @@ def test_requirements_txt_is_compiled_from_in(folder: Path) -> None:
 
 def test_slam_keeps_what_droid_needs_and_nothing_for_evaluation() -> None:
     pins = _read_txt(DEPLOY / "slam" / "requirements.txt")
-    assert {"torch", "pycolmap", "transformers", "opencv-python-headless", "matplotlib"} <= set(
-        pins
-    )
+    needed = {"torch", "pycolmap", "transformers", "opencv-python", "matplotlib", "bodycompress"}
+    assert needed <= set(pins)
     assert "setuptools" in pins, "the extension build uses the image's own setuptools"
     assert pins["pycolmap"][0] == Version("4.2.1") and "evo" not in pins
 

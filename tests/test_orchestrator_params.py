@@ -55,15 +55,20 @@ def test_classify_video(tmp_path, video):
 def test_defaults_mirror_the_reference(video):
     params = validate_params({"video": video})
     assert params.max_persons == -1
-    assert params.static_camera is True
+    assert params.static_camera is False
+    assert (params.slam_backend, params.scale_source) == ("auto", "auto")
     assert params.renderer == "opengl"
     assert params.fps_factor is None
     assert (params.nlf.num_aug, params.nlf.antialias_factor) == (5, 2)
     assert (params.nlf.batch_size, params.nlf.internal_batch_size) == (8, 8)
     assert params.subjects.is_all
     assert required_stages(params) == [
-        "ingest", "tracking", "pose", "fitting", "interpolation", "render"
-    ]  # fmt: skip
+        "ingest", "tracking", "semseg", "slam", "pose", "fitting", "interpolation", "render"
+    ]
+    static = validate_params(
+        {"video": video, "static_camera": True, "fps_factor": 1, "renderer": "none"}
+    )
+    assert required_stages(static) == ["ingest", "tracking", "pose", "fitting"]
     assert "interpolation" not in required_stages(params.model_copy(update={"fps_factor": 1}))
 
 
@@ -91,7 +96,8 @@ def test_init_time_is_relative_to_the_cut(video):
         ({"renderer": "mayavi"}, "renderer", "'none'"),
         ({"video": "  "}, "video", "give a path"),
         ({"video": "/no/such/video.mp4"}, "video", "no such file"),
-        ({"static_camera": False}, "static_camera", "not available in this build"),
+        ({"slam_backend": "orbslam"}, "slam_backend", "'colmap'"),
+        ({"scale_source": "guess"}, "scale_source", "'people'"),
         ({"renderer": "poseviz"}, "renderer", "'opengl'"),
         ({"max_persons": 1, "subjects": {"indices": [0, 1]}}, "max_persons", "selects 2 people"),
     ],

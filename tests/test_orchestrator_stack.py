@@ -109,9 +109,10 @@ def test_cli_arguments_become_flow_parameters(tmp_path):
 def test_cli_refuses_a_bad_parameter_before_starting_anything(tmp_path, capsys):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"x")
-    args = _run_args(video=str(video), argv=["--moving-camera", "--state-dir", str(tmp_path / "s")])
+    args = _run_args(video=str(video), argv=["--max-persons", "0", "--state-dir",
+                                             str(tmp_path / "s")])  # fmt: skip
     assert cli._run(args) == 2
-    assert "static_camera" in capsys.readouterr().err
+    assert "max_persons" in capsys.readouterr().err
     assert not (tmp_path / "s").exists(), "nothing may start for an invalid run"
 
 

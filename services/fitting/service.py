@@ -97,14 +97,26 @@ def validate(request: fitting_pb2.RunRequest) -> dict:
     return params
 
 
-def read_tracks(path: Path, vertex_subset: np.ndarray) -> tuple[int, list[TrackInput]]:
+def read_tracks(
+    path: Path, vertex_subset: np.ndarray, cameras: CameraTrack | None = None
+) -> tuple[int, list[TrackInput]]:
     """The predictions file as per-track arrays of the fitted points (subset vertices + joints,
-    metres) and their uncertainties; refuses empty files, NaN/inf and one-frame tracks."""
+    metres) and their uncertainties; refuses empty files, NaN/inf and one-frame tracks.
+
+    With `cameras`, each frame's points are re-expressed through that frame's camera (camera
+    coordinates of the prediction's own camera, then world coordinates of `cameras`): the slam
+    stage's metric cameras differ from the provisional ones the pose stage ran with by the
+    scale of the camera centres (docs/formats.md, "slam")."""
     reader = PredictionsReader(path, vertex_subset)
     parts: dict[int, dict[str, list]] = {}
     for frame in reader:
         rows = np.flatnonzero(frame.track_ids != UNTRACKED)
         points = np.concatenate([frame.vertices[rows], frame.joints[rows]], axis=1)
+        if cameras is not None and frame.frame_index < len(cameras):
+            own = frame.camera
+            in_camera = (points - own.optical_center) @ own.rot_world_to_cam.T
+            world = in_camera @ cameras.rotation[frame.frame_index]
+            points = (world + cameras.optical_center[frame.frame_index]).astype(np.float32)
         unc = np.concatenate(
             [frame.vertex_uncertainties[rows], frame.joint_uncertainties[rows]], axis=1
         )
@@ -140,9 +152,10 @@ def compute_fits(run: StageRun, smpl: SmplFitter) -> StageOutputs:
     """The stage's compute function."""
     p = run.params
     with run.step("read"):
-        num_frames, tracks = read_tracks(run.inputs["predictions"], smpl.vertex_subset)
-        if "cameras" in run.inputs:
-            cams = CameraTrack.load(run.inputs["cameras"])
+        given = CameraTrack.load(run.inputs["cameras"]) if "cameras" in run.inputs else None
+        num_frames, tracks = read_tracks(run.inputs["predictions"], smpl.vertex_subset, given)
+        if given is not None:
+            cams = given
             if len(cams) != num_frames:
                 raise InvalidInput(
                     f"cameras: {len(cams)} cameras for {num_frames} prediction frames; give the "

@@ -1,0 +1,1 @@
+"""Slam stage: per-frame cameras (COLMAP on the CPU, masked DROID-SLAM on a GPU)."""
