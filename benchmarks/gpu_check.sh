@@ -77,12 +77,15 @@ if [[ -z ${PYTHON:-} ]]; then
     PYTHON=python3
     [[ -x $ROOT/.venv/bin/python ]] && PYTHON="$ROOT/.venv/bin/python"
 fi
-if ! "$PYTHON" -c "import torch" 2>/dev/null; then
-    echo '{"skipped": "no CUDA device", "reason": "'"$PYTHON"' has no torch"}'
+# 0: CUDA, 3: torch without CUDA, other: no usable torch
+status=0
+"$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)" 2>/dev/null \
+    || status=$?
+if [[ $status != 0 ]]; then
+    reason="torch sees no CUDA device"
+    [[ $status != 3 ]] && reason="$PYTHON cannot import torch"
+    echo '{"skipped": "no CUDA device", "reason": "'"$reason"'"}'
     exit 0
-fi
-if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
-    exec "$PYTHON" "$ROOT/benchmarks/gpu_check.py" "$@"  # prints the skip line itself
 fi
 mkdir -p "$WORK"
 prepare
