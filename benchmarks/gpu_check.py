@@ -471,7 +471,7 @@ def run_stage(name: str, device: str, sizes: Sizes) -> dict:
         result = {"skipped": str(e)}
     except ModuleNotFoundError as e:
         result = {"skipped": f"missing Python package {e.name!r} (see the header of "
-                             "benchmarks/gpu_check.sh: --fetch-wheels)"}  # fmt: skip
+                             "benchmarks/gpu_check.sh: --fetch)"}  # fmt: skip
     except Exception as e:  # noqa: BLE001 - reported in the JSON line, the other stages go on
         traceback.print_exc()
         result = {"error": f"{type(e).__name__}: {e}"}
