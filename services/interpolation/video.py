@@ -18,7 +18,6 @@ from functools import cached_property
 from pathlib import Path
 
 import av
-import imageio_ffmpeg
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
@@ -213,6 +212,10 @@ def encoder_command(
     output: Path, source: Path, facts: VideoFacts, rate: Fraction, crf: int
 ) -> list[str]:
     """ffmpeg reading raw yuv420p frames on stdin and the source's audio, writing H.264."""
+    # Imported here: the RIFE backend (rife.py) needs this module's colour conversions but not
+    # the encoder, and benchmarks/gpu_check.sh runs it where imageio-ffmpeg (68 MB) is absent.
+    import imageio_ffmpeg
+
     keyint = max(1, round(KEYFRAME_INTERVAL_S * rate))
     return [
         imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
