@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from services.common.client import health_status
+from services.common.models import cli_program
 from services.common.stages import stage_spec
 
 DEFAULT_STATE_DIR = Path(".nlfpipe")
@@ -38,11 +39,18 @@ class ModelsMissing(StackError):
 
     def __init__(self, reasons: Mapping[str, str]):
         self.reasons = dict(reasons)
-        lines = [f"  {stage}: {reason}" for stage, reason in sorted(self.reasons.items())]
+        lines = []
+        for stage, reason in sorted(self.reasons.items()):
+            lines.append(f"  {stage}:")
+            lines += [f"    - {part.strip()}" for part in reason.split(" | ") if part.strip()]
+        program = cli_program()
         super().__init__(
-            "models are missing, nothing was run:\n" + "\n".join(lines)
-            + "\nFetch them with `nlfpipe models fetch NAME` (see `nlfpipe models list`), "
-            "or try the pipeline on generated test models with `nlfpipe run --test-models`."
+            "models are missing, nothing was run:\n"
+            + "\n".join(lines)
+            + f"\nFetch them with the commands above (`{program} models list` shows every "
+            "model), or try the pipeline on generated test models: "
+            "`make run VIDEO=<video> RUN_ARGS=--test-models` "
+            f"(or `{program} run <video> --test-models`)."
         )
 
 

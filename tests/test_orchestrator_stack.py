@@ -74,8 +74,10 @@ def test_model_not_ready_reason_is_read_from_the_json_log(tmp_path):
     log = tmp_path / "pose.log"
     reason = "model 'nlf-l' is not ready: missing /cache/nlf-l/x.torchscript. Run `nlfpipe ...`"
     log.write_text(
-        json.dumps({"event": "listening", "port": 1}) + "\n"
-        + json.dumps({"event": "model not ready", "reason": reason}) + "\n"
+        json.dumps({"event": "listening", "port": 1})
+        + "\n"
+        + json.dumps({"event": "model not ready", "reason": reason})
+        + "\n"
     )
     assert _model_not_ready_reason(str(log)) == reason
     message = str(ModelsMissing({"pose": reason}))
@@ -133,6 +135,9 @@ def test_missing_models_stop_the_start_with_the_files_and_fetch_commands(local_e
     message = str(info.value)
     assert set(info.value.reasons) == {"pose", "fitting"}
     assert "nlf_l_multi_0.3.2.torchscript" in message
-    assert "`nlfpipe models fetch nlf-l`" in message
+    assert "`.venv/bin/nlfpipe models fetch nlf-l`" in message
+    assert "nlf-data" in message and "canonical_verts/smpl.npy" in message
+    assert "kid_template.npy" in message and "basicmodel_f_lbs_10_207_0_v1.1.0.pkl" in message
+    assert "make run VIDEO=<video> RUN_ARGS=--test-models" in message
     assert "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl" in message
     assert all(s.popen.poll() is not None for s in stack.services.values()), "services stopped"
