@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 
 from services.common.client import health_status
-from services.common.models import cli_program
+from services.common.models import cli_program, load_registry, sha256_of
+from services.common.settings import load_settings
 from services.common.stages import stage_spec
 
 DEFAULT_STATE_DIR = Path(".nlfpipe")
@@ -54,6 +55,73 @@ class ModelsMissing(StackError):
         )
 
 
+class StackMismatch(StackError):
+    """A running stack's service computes with other models than this run asks for."""
+
+
+#: Environment variables that choose which models a service computes with, on what, and where
+#: its results go; a service reused by a run must have started with the same values.
+MODEL_SELECTION_ENV = (
+    "NLFPIPE_MODEL_CACHE",
+    "NLFPIPE_MODEL_SOURCE",
+    "SMPLFITTER_BODY_MODELS",
+    "NLFPIPE_DEVICE",
+    "NLFPIPE_POSE_MODEL",
+    "NLFPIPE_POSE_FP16",
+    "NLFPIPE_SEMSEG_MODEL",
+    "NLFPIPE_TRACKING_BACKEND",
+    "NLFPIPE_SEMSEG_BACKEND",
+    "NLFPIPE_INTERPOLATION_BACKEND",
+    "NLFPIPE_STORE",
+    "NLFPIPE_STORE_ROOT",
+)
+#: Set (to 1) by `--test-models`: the services run on generated stand-ins.
+TEST_MODELS_ENV = "NLFPIPE_TEST_MODELS"
+
+
+def service_models(stage: str, env: Mapping[str, str]) -> dict:
+    """What a `stage` service started with `env` computes with: the test-models flag, the
+    selecting settings, and the sha256 of each file of the stage's registry models found in
+    the model cache (from the hash cache, so this is cheap after the first time)."""
+    settings = load_settings(env)
+    files = {}
+    for name, entry in sorted(load_registry().items()):
+        if stage not in entry.used_by:
+            continue
+        root = Path(env.get("SMPLFITTER_BODY_MODELS") or settings.model_cache)
+        folder = (root if name == "smpl" else settings.model_cache) / name
+        for rel in entry.required_paths():
+            if (folder / rel).is_file():
+                files[f"{name}/{rel}"] = sha256_of(folder / rel)
+    return {
+        "test_models": env.get(TEST_MODELS_ENV) == "1",
+        "settings": {k: env[k] for k in MODEL_SELECTION_ENV if env.get(k)},
+        "files": files,
+    }
+
+
+def models_difference(recorded: Mapping | None, wanted: Mapping) -> list[str]:
+    """How a running service's models differ from what a run wants (empty: the same)."""
+    if not recorded:
+        return ["the stack did not record its models (it was started by an older nlfpipe)"]
+    if recorded.get("test_models") != wanted["test_models"]:
+
+        def kind(test_models: bool) -> str:
+            return "generated test models" if test_models else "the real models"
+
+        return [f"the stack runs {kind(recorded.get('test_models'))}, "
+                f"this run asks for {kind(wanted['test_models'])}"]  # fmt: skip
+    differences = []
+    for group in ("settings", "files"):
+        old, new = recorded.get(group, {}), wanted[group]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                differences.append(
+                    f"{key}: stack {old.get(key, '(unset)')}, this run {new.get(key, '(unset)')}"
+                )
+    return differences
+
+
 @dataclass
 class ServiceProcess:
     """One stage service started by this stack (or found running)."""
@@ -65,6 +133,7 @@ class ServiceProcess:
     log_path: str = ""
     owned: bool = True
     restarts: int = 0
+    models: dict | None = None  # service_models() at start
     popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     def alive(self) -> bool:
@@ -131,6 +200,7 @@ class LocalStack:
             for stage in self.stages:
                 found = reusable.get(stage)
                 if found is not None and health_status(found.address, timeout_s=2.0) == "SERVING":
+                    self._check_models(found)
                     found.owned = False
                     self.services[stage] = found
                 else:
@@ -145,6 +215,19 @@ class LocalStack:
             )
             self._supervisor.start()
         return self.addresses()
+
+    def _check_models(self, found: ServiceProcess) -> None:
+        """Refuses a running service that computes with other models than this stack wants."""
+        differences = models_difference(found.models, service_models(found.stage, self.env))
+        if differences:
+            program = cli_program()
+            raise StackMismatch(
+                f"the running stack's {found.stage} service ({found.address}, recorded in "
+                f"{self.state_dir / STATE_FILE}) computes with other models than this run asks "
+                f"for: {'; '.join(differences)}. Nothing was run. Stop the stack with "
+                f"`{program} stack down` and run again, or run with the stack's models "
+                "(`--test-models` exactly when it was started with `stack up --test-models`)."
+            )
 
     def addresses(self) -> dict[str, str]:
         return {stage: s.address for stage, s in self.services.items()}
@@ -193,6 +276,7 @@ class LocalStack:
             pid=popen.pid,
             port=bound,
             log_path=str(log_path),
+            models=service_models(stage, self.env),
             popen=popen,
         )
 

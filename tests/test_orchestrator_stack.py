@@ -1,6 +1,7 @@
 """The local stack: services as processes, reuse, restart after a crash, clean stop; the CLI."""
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -13,8 +14,11 @@ from orchestrator.params import ParameterError, validate_params
 from orchestrator.stack import (
     LocalStack,
     ModelsMissing,
+    StackMismatch,
     _model_not_ready_reason,
+    models_difference,
     running_services,
+    service_models,
     stack_status,
     stop_recorded,
 )
@@ -62,6 +66,11 @@ def test_stack_up_state_is_reused_and_stopped_by_down(local_env):
         with LocalStack(["ingest"], state_dir=state_dir) as reuse:
             assert reuse.services["ingest"].owned is False
             assert reuse.addresses() == stack.addresses()
+        test_models_env = {**os.environ, "NLFPIPE_TEST_MODELS": "1"}
+        with pytest.raises(StackMismatch, match="runs the real models, this run asks for gen"):
+            LocalStack(["ingest"], state_dir=state_dir, env=test_models_env).start()
+        recorded = json.loads((state_dir / "stack.json").read_text())["services"]["ingest"]
+        assert recorded["models"]["test_models"] is False
         assert health_status(stack.addresses()["ingest"]) == "SERVING", "reused, not stopped"
         assert stop_recorded(state_dir) == ["ingest"]
         assert stack.services["ingest"].popen.wait(10) == 0
@@ -81,8 +90,8 @@ def test_model_not_ready_reason_is_read_from_the_json_log(tmp_path):
     )
     assert _model_not_ready_reason(str(log)) == reason
     message = str(ModelsMissing({"pose": reason}))
-    assert "pose: model 'nlf-l' is not ready" in message
-    assert "nlfpipe models fetch" in message and "--test-models" in message
+    assert "  pose:\n    - model 'nlf-l' is not ready" in message
+    assert "nlfpipe models list" in message and "RUN_ARGS=--test-models" in message
 
 
 def _run_args(**overrides) -> argparse.Namespace:
@@ -141,3 +150,24 @@ def test_missing_models_stop_the_start_with_the_files_and_fetch_commands(local_e
     assert "make run VIDEO=<video> RUN_ARGS=--test-models" in message
     assert "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl" in message
     assert all(s.popen.poll() is not None for s in stack.services.values()), "services stopped"
+
+
+def test_a_stack_with_other_models_is_told_apart_from_this_run(tmp_path):
+    cache = tmp_path / "cache"
+    weights = cache / "nlf-l" / "nlf_l_multi_0.3.2.torchscript"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"first")
+    env = {"NLFPIPE_MODEL_CACHE": str(cache), "NLFPIPE_TEST_MODELS": "1"}
+    started = service_models("pose", env)
+    assert started["files"] == {
+        "nlf-l/nlf_l_multi_0.3.2.torchscript": hashlib.sha256(b"first").hexdigest()
+    }
+    assert models_difference(started, service_models("pose", env)) == []
+    real = service_models("pose", {**env, "NLFPIPE_TEST_MODELS": ""})
+    assert models_difference(started, real) == [
+        "the stack runs generated test models, this run asks for the real models"
+    ]
+    weights.write_bytes(b"second")
+    (difference,) = models_difference(started, service_models("pose", env))
+    assert difference.startswith("nlf-l/nlf_l_multi_0.3.2.torchscript: stack ")
+    assert models_difference(None, started)[0].startswith("the stack did not record its models")
