@@ -1,12 +1,16 @@
 """`nlfpipe run VIDEO` (the embedded default) and `nlfpipe stack up|down|status`."""
 
 import argparse
+import contextlib
 import os
-import shutil
+import re
+import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from orchestrator.params import ParameterError, required_stages, validate_params
 
@@ -61,7 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="opengl: camera/world-view videos, previews and exports (default); none: no render",
     )  # fmt: skip
     run.add_argument("--force", action="store_true", help="recompute every stage")
-    run.add_argument("--output", type=Path, help="results folder (default: ./nlfpipe-results/NAME)")
+    run.add_argument(
+        "--output", type=Path,
+        help="results folder (default: ./nlfpipe-results/<video name>-<options digest>, "
+        "with nlfpipe-results/latest linking to it)",
+    )  # fmt: skip
     run.add_argument(
         "--test-models", action="store_true",
         help="run on small generated test models (no downloads; results are not meaningful)",
@@ -143,8 +151,9 @@ def configure_embedded_env(state_dir: Path, *, test_models: bool, verbose: bool 
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
                           EPHEMERAL_STARTUP_TIMEOUT_S)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # to the run log, not the terminal
     if test_models:
         from orchestrator.testmodels import install_test_models
 
@@ -160,51 +169,79 @@ def _use_stack_prefect(state_dir: Path) -> str | None:
     return os.environ.get("PREFECT_API_URL")
 
 
-def _run(args: argparse.Namespace) -> int:
+#: Fields of the flow parameters as the `nlfpipe run` flags that set them.
+CLI_FLAGS = {
+    "time_range": "--time-range",
+    "seg_init_time": "--seg-init-time",
+    "max_persons": "--max-persons",
+    "subjects.indices": "--subjects",
+    "candidate_indices": "--subjects",
+    "subjects.points": "--subject-point",
+    "select point": "--subject-point",
+    "subjects.in_ui": "--select-in-ui",
+    "static_camera": "--static-camera",
+    "fov_deg": "--fov",
+    "slam_backend": "--slam-backend",
+    "scale_source": "--scale-source",
+    "fps_factor": "--fps-factor",
+    "nlf.num_aug": "--num-aug",
+    "nlf.antialias_factor": "--antialias-factor",
+    "nlf.batch_size": "--batch-size",
+    "nlf.internal_batch_size": "--internal-batch-size",
+    "renderer": "--renderer",
+    "video": "VIDEO",
+}
+_FLAG_PATTERN = re.compile(
+    r"(?<![\w.-])(" + "|".join(re.escape(k) for k in sorted(CLI_FLAGS, key=len, reverse=True))
+    + r")(?![\w])"
+)
+_VALUE_PATTERN = re.compile(r"(--[a-z-]+)=(true|false|'[^']*'|\S+?)(?=[,;). ]|$)")
+
+
+def in_cli_terms(message: str) -> str:
+    """A message about flow parameters, with the `nlfpipe run` flags in place of field names
+    (`fov_deg` -> `--fov`, `renderer='none'` -> `--renderer none`, `static_camera=true` ->
+    `--static-camera`)."""
+    text = _FLAG_PATTERN.sub(lambda m: CLI_FLAGS[m.group(1)], message)
+
+    def value(match: re.Match) -> str:
+        flag, raw = match.group(1), match.group(2).strip("'")
+        if raw == "true":
+            return flag
+        if raw == "false":
+            return {"--static-camera": "--moving-camera"}.get(flag, f"no {flag}")
+        return f"{flag} {raw}"
+
+    return _VALUE_PATTERN.sub(value, text)
+
+
+def _console():
+    """stderr console; without a terminal, lines are not wrapped at 80 columns."""
     from rich.console import Console
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=max(console.width, 200), soft_wrap=True)
+    return console
+
+
+def _run(args: argparse.Namespace) -> int:
+    console = _console()
     try:
         params = validate_params(params_from_args(args))
     except ParameterError as err:
-        console.print(f"[red]invalid parameter[/red] {err}")
+        console.print(f"[red]invalid parameter[/red] {in_cli_terms(str(err))}")
         return 2
     configure_embedded_env(args.state_dir, test_models=args.test_models, verbose=args.verbose)
     api_url = _use_stack_prefect(args.state_dir)
     if params.subjects.in_ui and not api_url:
-        console.print("[red]invalid parameter[/red] subjects.in_ui: choosing subjects in the UI "
+        console.print("[red]invalid parameter[/red] --select-in-ui: choosing subjects in the UI "
                       "needs a Prefect server; start one with `nlfpipe stack up`")
         return 2
-
-    from orchestrator.stack import LocalStack, StackError
-
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, _interrupt)
-    started = time.monotonic()
-    stack = LocalStack(required_stages(params), state_dir=args.state_dir)
-    try:
-        with console.status("starting services"):
-            addresses = stack.start()
-    except StackError as err:
-        console.print(f"[red]{err}[/red]")
-        return 3
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; services stopped[/yellow]")
-        return 130
-    try:
-        os.environ.update(stack.address_env())
-        console.print(
-            "services: " + ", ".join(f"{s}@{a}" for s, a in addresses.items())
-            + f" ({time.monotonic() - started:.1f} s)"
-        )
-        return _run_flow(params, args, console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: stopping services; nothing partial was published, "
-                      "a re-run resumes from the cache[/yellow]")
-        return 130
-    finally:
-        stack.stop()
+    return EmbeddedRun(params, args, console, embedded_prefect=not api_url).execute()
 
 
 def _interrupt(signum, _frame) -> None:
@@ -212,75 +249,187 @@ def _interrupt(signum, _frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _run_flow(params, args: argparse.Namespace, console) -> int:
-    from orchestrator.flow import process_video
-    from orchestrator.progress import TerminalProgress
+class EmbeddedRun:
+    """One `nlfpipe run`: services and Prefect start together, the flow runs, results are
+    exported; Ctrl-C stops everything within seconds."""
 
-    if not os.environ.get("PREFECT_API_URL"):
-        console.print("starting Prefect (ephemeral mode; the first run migrates its database)")
-        # One flow in this process and services of its own: no GPU admission to wait for.
-        os.environ.setdefault("NLFPIPE_GPU_ADMISSION", "0")
-    with TerminalProgress(console):
-        state = process_video(params, return_state=True)
-    if not state.is_completed():
+    def __init__(self, params, args: argparse.Namespace, console, *, embedded_prefect: bool):
+        from orchestrator.stack import EmbeddedPrefect, LocalStack
+
+        self.params = params
+        self.args = args
+        self.console = console
+        self.state_dir = Path(args.state_dir)
+        self.log_path = self.state_dir / "logs" / "run.log"
+        self.started = time.monotonic()
+        self.stack = LocalStack(required_stages(params), state_dir=self.state_dir)
+        self.prefect = EmbeddedPrefect(self.state_dir) if embedded_prefect else None
+
+    def execute(self) -> int:
+        from orchestrator.stack import ModelsMissing, StackError
+
         try:
-            state.result()
-        except Exception as err:  # noqa: BLE001 - reported to the person, with its cause
-            console.print(f"[red]the run failed:[/red] {err}")
-        return 1
-    summary = state.result()
-    output = args.output or Path("nlfpipe-results") / Path(params.video).stem
-    exported = export_results(summary, output)
-    print_summary(summary, exported, console)
-    return 0
+            if self.prefect is not None:
+                os.environ["PREFECT_API_URL"] = self.prefect.api_url
+                self.prefect.start()
+                # One flow in this process and services of its own: no GPU admission to wait for.
+                os.environ.setdefault("NLFPIPE_GPU_ADMISSION", "0")
+            importer = threading.Thread(target=_import_flow, name="import-flow", daemon=True)
+            importer.start()
+            with self.console.status(self._starting_text()):
+                addresses = self.stack.start()
+                os.environ.update(self.stack.address_env())
+                if self.prefect is not None:
+                    self.prefect.wait_ready()
+                importer.join()
+            startup_s = time.monotonic() - self.started
+            self.console.print(
+                "services: " + ", ".join(f"{s}@{a}" for s, a in addresses.items())
+                + f" (ready after {startup_s:.1f} s)"
+            )
+            return self._run_flow(startup_s)
+        except ModelsMissing as err:
+            video = shlex.quote(self.params.video)
+            self.console.print(f"[red]{str(err).replace('<video>', video)}[/red]")
+            return 3
+        except StackError as err:
+            self.console.print(f"[red]{err}[/red]")
+            return 3
+        except KeyboardInterrupt:
+            self._stop_now()
+        finally:
+            self._stop()
+
+    def _starting_text(self) -> str:
+        if self.prefect is not None and self.prefect.first_time:
+            return ("starting services and Prefect (the first run creates Prefect's database in "
+                    f"{self.prefect.home}: 10-20 s more, once)")
+        return "starting services and Prefect"
+
+    def _run_flow(self, startup_s: float) -> int:
+        from orchestrator.flow import process_video
+        from orchestrator.progress import TerminalProgress
+
+        _prefect_log_to_file(self.log_path, verbose=self.args.verbose)
+        flow_started = time.monotonic()
+        with TerminalProgress(self.console):
+            state = process_video(self.params, return_state=True)
+        if not state.is_completed():
+            try:
+                state.result()
+            except Exception as err:  # noqa: BLE001 - reported to the person, with its cause
+                self.console.print(f"[red]the run failed:[/red] {failure_text(err)}")
+                self.console.print(f"full log: {self.log_path} (services: "
+                                   f"{self.state_dir / 'logs'}/<stage>.log)")
+            return 1
+        summary = state.result()
+        flow_s = time.monotonic() - flow_started
+        folder = self._export(summary, startup_s, flow_s)
+        print_summary(summary, folder, self.console, total_s=time.monotonic() - self.started)
+        return 0
+
+    def _export(self, summary, startup_s: float, flow_s: float) -> Path:
+        from orchestrator.results import DEFAULT_ROOT, export_results, link_latest, run_folder_name
+
+        folder = self.args.output or DEFAULT_ROOT / run_folder_name(self.params.video, self.params)
+        extra = {
+            "wall": {
+                "startup_s": round(startup_s, 3),
+                "flow_s": round(flow_s, 3),
+                "total_s": round(time.monotonic() - self.started, 3),
+            },
+            "test_models": bool(self.args.test_models),
+        }
+        export_results(summary, folder, extra=extra)
+        if self.args.output is None:
+            link_latest(folder)
+        return folder
+
+    def _stop_now(self) -> NoReturn:
+        """Ctrl-C: stop the services (their stage calls end with them; nothing partial is
+        published) and Prefect, say so, and leave without waiting for the flow's threads."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._stop(grace_s=INTERRUPT_GRACE_S)
+        self.console.print("[yellow]interrupted; services stopped[/yellow] (nothing partial was "
+                           "published; a re-run resumes from the cache)")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+    def _stop(self, grace_s: float | None = None) -> None:
+        from orchestrator.stack import STOP_GRACE_S
+
+        grace = STOP_GRACE_S if grace_s is None else grace_s
+        if self.prefect is not None:
+            if grace_s is None:
+                _drain_prefect_client()
+            self.prefect.stop(grace_s=min(grace, 2.0))
+        self.stack.stop(grace_s=grace)
 
 
-_SUFFIXES = {
-    "video/mp4": ".mp4",
-    "application/json": ".json",
-    "image/png": ".png",
-    "image/gif": ".gif",
-    "application/x-bodycompress": ".bcz",
-    "application/x-nlfpipe-masks+jsonl+zstd": ".jsonl.zst",
-}
+#: Seconds that services get to stop after Ctrl-C before they are killed.
+INTERRUPT_GRACE_S = 2.0
 
 
-def result_file_name(stage: str, output: str, media_type: str) -> str:
-    """`<stage>-<output><suffix>`, the suffix from the media type (`+npz` -> .npz); outputs
-    named after their file (render's `exports_scene.glb`) keep their name."""
-    if "." in output:
-        return f"{stage}-{output}"
-    suffix = _SUFFIXES.get(media_type) or (
-        "." + media_type.rsplit("+", 1)[1] if "+" in media_type else ".bin"
-    )
-    return f"{stage}-{output}{suffix}"
+def _drain_prefect_client(timeout_s: float = 5.0) -> None:
+    """Sends the log lines and events the Prefect client still holds, while its server runs
+    (otherwise the client retries a stopped server at exit, for a minute)."""
+    if "prefect" not in sys.modules:
+        return
+    with contextlib.suppress(Exception):  # a private Prefect API: best effort
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=timeout_s)
 
 
-def export_results(summary, folder: Path) -> Path:
-    """Copies every output of the run from the store into `folder` (see result_file_name)."""
-    from orchestrator.stage_tasks import flow_store
-
-    store = flow_store()
-    folder.mkdir(parents=True, exist_ok=True)
-    for stage in summary.stages:
-        for name, ref in stage.outputs.items():
-            _export(store, ref.uri, folder / result_file_name(stage.stage, name, ref.media_type))
-    if summary.summary_uri:
-        key = store.key_from_uri(summary.summary_uri)
-        (folder / "summary.json").write_bytes(store.get_bytes(key))
-    return folder
+def _import_flow() -> None:
+    """Imports the flow (Prefect included, seconds) while the services start."""
+    import orchestrator.flow  # noqa: F401
+    import orchestrator.progress  # noqa: F401
 
 
-def _export(store, uri: str, target: Path) -> None:
-    key = store.key_from_uri(uri)
-    local = store.local_path(key)
-    if local is not None:
-        shutil.copyfile(local, target)
+def _prefect_log_to_file(path: Path, *, verbose: bool) -> None:
+    """Prefect's log goes to `path`; the terminal shows it only with --verbose."""
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".1"))
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]  # fmt: skip
+    for logger in loggers:
+        consoles = [
+            h for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ]  # fmt: skip
+        if not consoles:
+            continue
+        logger.addHandler(handler)
+        if not verbose:
+            for console in consoles:
+                logger.removeHandler(console)
+
+
+def failure_text(err: BaseException) -> str:
+    """One line for a failed run: the stage and its message, in the command line's terms."""
+    from orchestrator.tasks import StageCallError
+
+    if isinstance(err, StageCallError):
+        text = f"{err.stage}: {err.details}" if err.code in {
+            "INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND"
+        } else str(err)  # fmt: skip
     else:
-        store.get_file(key, target)
+        text = str(err) or type(err).__name__
+    return in_cli_terms(" ".join(text.split()))
 
 
-def print_summary(summary, folder: Path, console) -> None:
+def print_summary(summary, folder: Path, console, *, total_s: float) -> None:
+    """The stage table, people and frames, stage wall and total wall, and the results folder."""
     from rich.table import Table
 
     table = Table(title=f"nlfpipe: {summary.video}")
@@ -297,8 +446,9 @@ def print_summary(summary, folder: Path, console) -> None:
         )
     console.print(table)
     console.print(
-        f"people found: [bold]{summary.people_found}[/bold], frames: {summary.frames}, "
-        f"wall {summary.wall_seconds:.1f} s; results in [bold]{folder.resolve()}[/bold]"
+        f"people found: [bold]{summary.people_found}[/bold], frames: {summary.frames}; "
+        f"wall: stages {summary.wall_seconds:.1f} s, total {total_s:.1f} s (start-up "
+        f"included); results in [bold]{folder.resolve()}[/bold]"
     )
 
 
@@ -322,7 +472,8 @@ def _stack_up(args: argparse.Namespace) -> int:
     if "prefect" in extra:
         print(f"prefect UI    {extra['prefect']['ui_url']}")
         print(f"export PREFECT_API_URL={extra['prefect']['api_url']}")
-    print(" ".join(f"{k}={v}" for k, v in stack.address_env().items()))
+    for name, value in stack.address_env().items():
+        print(f"export {name}={value}")
     return 0
 
 

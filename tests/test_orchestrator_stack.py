@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import cli
 from orchestrator.params import ParameterError, validate_params
+from orchestrator.results import result_file_name
 from orchestrator.stack import (
     LocalStack,
     ModelsMissing,
@@ -128,12 +129,12 @@ def test_cli_refuses_a_bad_parameter_before_starting_anything(tmp_path, capsys):
 
 
 def test_result_files_are_named_by_stage_output_and_media_type():
-    assert cli.result_file_name("fitting", "fits", "application/x-nlfpipe-fits+npz") == (
+    assert result_file_name("fitting", "fits", "application/x-nlfpipe-fits+npz") == (
         "fitting-fits.npz"
     )
-    assert cli.result_file_name("ingest", "video", "video/mp4") == "ingest-video.mp4"
-    assert cli.result_file_name("tracking", "candidates_preview", "image/png").endswith(".png")
-    assert cli.result_file_name("x", "y", "application/octet-stream") == "x-y.bin"
+    assert result_file_name("ingest", "video", "video/mp4") == "ingest-video.mp4"
+    assert result_file_name("tracking", "candidates_preview", "image/png").endswith(".png")
+    assert result_file_name("x", "y", "application/octet-stream") == "x-y.bin"
 
 
 def test_missing_models_stop_the_start_with_the_files_and_fetch_commands(local_env):
