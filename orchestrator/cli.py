@@ -44,16 +44,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stack's Prefect server: nlfpipe stack up)",
     )  # fmt: skip
     camera = run.add_mutually_exclusive_group()
-    camera.add_argument("--static-camera", dest="static_camera", action="store_true",
-                        default=False, help="the camera does not move: skip semseg and SLAM")
-    camera.add_argument("--moving-camera", dest="static_camera", action="store_false",
-                        help="estimate the camera's motion (semseg + SLAM; the default)")
-    run.add_argument("--slam-backend", default="auto", choices=("auto", "colmap", "droid"),
-                     help="camera tracker: colmap (CPU), droid (CUDA), auto (droid if it can "
-                     "run, else colmap)")
-    run.add_argument("--scale-source", default="auto", choices=("auto", "people", "depth", "none"),
-                     help="metric scale of the camera path: from the people, a depth model, "
-                     "auto (people, else depth), or none")
+    camera.add_argument(
+        "--static-camera",
+        dest="static_camera",
+        action="store_true",
+        default=False,
+        help="the camera does not move: skip semseg and SLAM",
+    )
+    camera.add_argument(
+        "--moving-camera",
+        dest="static_camera",
+        action="store_false",
+        help="estimate the camera's motion (semseg + SLAM; the default)",
+    )
+    run.add_argument(
+        "--slam-backend",
+        default="auto",
+        choices=("auto", "colmap", "droid"),
+        help="camera tracker: colmap (CPU), droid (CUDA), auto (droid if it can run, else colmap)",
+    )
+    run.add_argument(
+        "--scale-source",
+        default="auto",
+        choices=("auto", "people", "depth", "none"),
+        help="metric scale of the camera path: from the people, a depth model, "
+        "auto (people, else depth), or none",
+    )
     run.add_argument("--fov", type=float, dest="fov_deg", help="field of view in degrees")
     run.add_argument("--fps-factor", type=int, choices=(1, 2), help="default: 2 if fps <= 40")
     run.add_argument("--num-aug", type=int, default=5, help="NLF test-time augmentations")
@@ -74,8 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--test-models", action="store_true",
         help="run on small generated test models (no downloads; results are not meaningful)",
     )  # fmt: skip
-    run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                     help="where the local store, logs and stack state live (default .nlfpipe)")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="where the local store, logs and stack state live (default .nlfpipe)",
+    )
     run.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
     run.set_defaults(func=_run)
 
@@ -84,9 +104,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stack_sub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     up = stack_sub.add_parser("up", help="start the services and a Prefect server, then return")
-    up.add_argument("--stages",
-                    default="ingest,tracking,semseg,slam,pose,fitting,interpolation,render",
-                    help="comma-separated stages to start")
+    up.add_argument(
+        "--stages",
+        default="ingest,tracking,semseg,slam,pose,fitting,interpolation,render",
+        help="comma-separated stages to start",
+    )
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--no-prefect", action="store_true", help="services only")
     up.add_argument("--test-models", action="store_true", help="use generated test models")
@@ -148,8 +170,9 @@ def configure_embedded_env(state_dir: Path, *, test_models: bool, verbose: bool 
     state_dir = state_dir.resolve()
     os.environ.setdefault("NLFPIPE_STORE", "local")
     os.environ.setdefault("NLFPIPE_STORE_ROOT", str(state_dir / "store"))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-                          EPHEMERAL_STARTUP_TIMEOUT_S)
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S
+    )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
     if not verbose:
@@ -192,7 +215,8 @@ CLI_FLAGS = {
     "video": "VIDEO",
 }
 _FLAG_PATTERN = re.compile(
-    r"(?<![\w.-])(" + "|".join(re.escape(k) for k in sorted(CLI_FLAGS, key=len, reverse=True))
+    r"(?<![\w.-])("
+    + "|".join(re.escape(k) for k in sorted(CLI_FLAGS, key=len, reverse=True))
     + r")(?![\w])"
 )
 _VALUE_PATTERN = re.compile(r"(--[a-z-]+)=(true|false|'[^']*'|\S+?)(?=[,;). ]|$)")
@@ -235,8 +259,10 @@ def _run(args: argparse.Namespace) -> int:
     configure_embedded_env(args.state_dir, test_models=args.test_models, verbose=args.verbose)
     api_url = _use_stack_prefect(args.state_dir)
     if params.subjects.in_ui and not api_url:
-        console.print("[red]invalid parameter[/red] --select-in-ui: choosing subjects in the UI "
-                      "needs a Prefect server; start one with `nlfpipe stack up`")
+        console.print(
+            "[red]invalid parameter[/red] --select-in-ui: choosing subjects in the UI "
+            "needs a Prefect server; start one with `nlfpipe stack up`"
+        )
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
@@ -284,7 +310,8 @@ class EmbeddedRun:
                 importer.join()
             startup_s = time.monotonic() - self.started
             self.console.print(
-                "services: " + ", ".join(f"{s}@{a}" for s, a in addresses.items())
+                "services: "
+                + ", ".join(f"{s}@{a}" for s, a in addresses.items())
                 + f" (ready after {startup_s:.1f} s)"
             )
             return self._run_flow(startup_s)
@@ -302,8 +329,10 @@ class EmbeddedRun:
 
     def _starting_text(self) -> str:
         if self.prefect is not None and self.prefect.first_time:
-            return ("starting services and Prefect (the first run creates Prefect's database in "
-                    f"{self.prefect.home}: 10-20 s more, once)")
+            return (
+                "starting services and Prefect (the first run creates Prefect's database in "
+                f"{self.prefect.home}: 10-20 s more, once)"
+            )
         return "starting services and Prefect"
 
     def _run_flow(self, startup_s: float) -> int:
@@ -319,8 +348,9 @@ class EmbeddedRun:
                 state.result()
             except Exception as err:  # noqa: BLE001 - reported to the person, with its cause
                 self.console.print(f"[red]the run failed:[/red] {failure_text(err)}")
-                self.console.print(f"full log: {self.log_path} (services: "
-                                   f"{self.state_dir / 'logs'}/<stage>.log)")
+                self.console.print(
+                    f"full log: {self.log_path} (services: {self.state_dir / 'logs'}/<stage>.log)"
+                )
             return 1
         summary = state.result()
         flow_s = time.monotonic() - flow_started
@@ -351,8 +381,10 @@ class EmbeddedRun:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self._stop(grace_s=INTERRUPT_GRACE_S)
-        self.console.print("[yellow]interrupted; services stopped[/yellow] (nothing partial was "
-                           "published; a re-run resumes from the cache)")
+        self.console.print(
+            "[yellow]interrupted; services stopped[/yellow] (nothing partial was "
+            "published; a re-run resumes from the cache)"
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)

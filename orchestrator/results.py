@@ -86,9 +86,11 @@ def export_results(
             for name, ref in stage.outputs.items():
                 target = partial / result_file_name(stage.stage, name, ref.media_type)
                 _export(store, ref.uri, target)
-        record = json.loads(store.get_bytes(store.key_from_uri(summary.summary_uri))) if (
-            summary.summary_uri
-        ) else summary.model_dump(mode="json")
+        record = (
+            json.loads(store.get_bytes(store.key_from_uri(summary.summary_uri)))
+            if (summary.summary_uri)
+            else summary.model_dump(mode="json")
+        )
         record.update(extra or {})
         (partial / "summary.json").write_text(json.dumps(record, indent=1))
         if folder.exists():

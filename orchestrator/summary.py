@@ -89,8 +89,11 @@ def markdown(summary: RunSummary, links: dict[str, str] | None = None) -> str:
     lines += ["", "## Outputs", ""]
     for name, uri in summary.outputs().items():
         target = links.get(name, uri)
-        lines.append(f"- **{name}**: [{uri}]({target})" if target.startswith("http") else
-                     f"- **{name}**: `{uri}`")
+        lines.append(
+            f"- **{name}**: [{uri}]({target})"
+            if target.startswith("http")
+            else f"- **{name}**: `{uri}`"
+        )
     if summary.summary_uri:
         lines += ["", f"Summary JSON: `{summary.summary_uri}`"]
     return "\n".join(lines)

@@ -124,8 +124,24 @@ def test_cli_refuses_a_bad_parameter_before_starting_anything(tmp_path, capsys):
     args = _run_args(video=str(video), argv=["--max-persons", "0", "--state-dir",
                                              str(tmp_path / "s")])  # fmt: skip
     assert cli._run(args) == 2
-    assert "max_persons" in capsys.readouterr().err
+    assert "invalid parameter --max-persons: must be -1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists(), "nothing may start for an invalid run"
+
+
+def test_cli_messages_name_the_flags_not_the_fields():
+    assert cli.in_cli_terms("fov_deg: must be between 10 and 170") == (
+        "--fov: must be between 10 and 170"
+    )
+    assert cli.in_cli_terms("rendering needs the render stage; use renderer='none'") == (
+        "rendering needs the render stage; use --renderer none"
+    )
+    assert cli.in_cli_terms("use static_camera=true (--static-camera)").startswith(
+        "use --static-camera"
+    )
+    assert cli.in_cli_terms("candidate_indices contains 5, but") == "--subjects contains 5, but"
+    assert cli.in_cli_terms("nlf.num_aug: too many; the nlf_data folder") == (
+        "--num-aug: too many; the nlf_data folder"
+    )
 
 
 def test_result_files_are_named_by_stage_output_and_media_type():
