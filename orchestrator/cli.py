@@ -250,6 +250,8 @@ def _console():
 
 
 def _run(args: argparse.Namespace) -> int:
+    """`nlfpipe run`: returns 2 for bad parameters, else ends the process with the run's code
+    (0 done, 1 failed, 3 services could not start, 130 interrupted)."""
     console = _console()
     try:
         params = validate_params(params_from_args(args))
@@ -267,7 +269,12 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, _interrupt)
-    return EmbeddedRun(params, args, console, embedded_prefect=not api_url).execute()
+    code = EmbeddedRun(params, args, console, embedded_prefect=not api_url).execute()
+    # Everything was stopped and Prefect's client drained: skip the interpreter's teardown
+    # (Prefect's exit hooks and torch take seconds on a loaded machine).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _interrupt(signum, _frame) -> None:
@@ -280,6 +287,7 @@ class EmbeddedRun:
     exported; Ctrl-C stops everything within seconds."""
 
     def __init__(self, params, args: argparse.Namespace, console, *, embedded_prefect: bool):
+        from orchestrator.replay import replay_key
         from orchestrator.stack import EmbeddedPrefect, LocalStack
 
         self.params = params
@@ -290,11 +298,36 @@ class EmbeddedRun:
         self.started = time.monotonic()
         self.stack = LocalStack(required_stages(params), state_dir=self.state_dir)
         self.prefect = EmbeddedPrefect(self.state_dir) if embedded_prefect else None
+        self.replay_key = (
+            replay_key(params, self.stack.stages, os.environ, self.state_dir)
+            if embedded_prefect
+            else None
+        )
+
+    def _replayed(self) -> bool:
+        """Answers the run from the record of an identical completed run, if there is one."""
+        from orchestrator.replay import recorded_run
+        from services.common.settings import load_settings
+        from services.common.store import open_store
+
+        store = open_store(load_settings())
+        summary = recorded_run(self.state_dir, self.replay_key, store)
+        if summary is None:
+            return False
+        folder = self._export(summary, time.monotonic() - self.started, 0.0, store=store)
+        self.console.print(
+            "every stage's result is recorded from an identical earlier run (same video, "
+            "options, models and code): nothing was started; --force recomputes"
+        )
+        print_summary(summary, folder, self.console, total_s=time.monotonic() - self.started)
+        return True
 
     def execute(self) -> int:
         from orchestrator.stack import ModelsMissing, StackError
 
         try:
+            if self.replay_key is not None and self._replayed():
+                return 0
             if self.prefect is not None:
                 os.environ["PREFECT_API_URL"] = self.prefect.api_url
                 self.prefect.start()
@@ -354,11 +387,15 @@ class EmbeddedRun:
             return 1
         summary = state.result()
         flow_s = time.monotonic() - flow_started
+        if self.replay_key is not None:
+            from orchestrator.replay import record_run
+
+            record_run(self.state_dir, self.replay_key, summary)
         folder = self._export(summary, startup_s, flow_s)
         print_summary(summary, folder, self.console, total_s=time.monotonic() - self.started)
         return 0
 
-    def _export(self, summary, startup_s: float, flow_s: float) -> Path:
+    def _export(self, summary, startup_s: float, flow_s: float, store=None) -> Path:
         from orchestrator.results import DEFAULT_ROOT, export_results, link_latest, run_folder_name
 
         folder = self.args.output or DEFAULT_ROOT / run_folder_name(self.params.video, self.params)
@@ -370,7 +407,7 @@ class EmbeddedRun:
             },
             "test_models": bool(self.args.test_models),
         }
-        export_results(summary, folder, extra=extra)
+        export_results(summary, folder, store, extra=extra)
         if self.args.output is None:
             link_latest(folder)
         return folder
