@@ -328,6 +328,9 @@ class EmbeddedRun:
         try:
             if self.replay_key is not None and self._replayed():
                 return 0
+            # Ctrl-C stops everything here and now, not through Prefect's crash handling.
+            signal.signal(signal.SIGINT, self._on_interrupt)
+            signal.signal(signal.SIGTERM, self._on_interrupt)
             if self.prefect is not None:
                 os.environ["PREFECT_API_URL"] = self.prefect.api_url
                 self.prefect.start()
@@ -412,6 +415,9 @@ class EmbeddedRun:
             link_latest(folder)
         return folder
 
+    def _on_interrupt(self, _signum, _frame) -> None:
+        self._stop_now()
+
     def _stop_now(self) -> NoReturn:
         """Ctrl-C: stop the services (their stage calls end with them; nothing partial is
         published) and Prefect, say so, and leave without waiting for the flow's threads."""
@@ -433,12 +439,14 @@ class EmbeddedRun:
         if self.prefect is not None:
             if grace_s is None:
                 _drain_prefect_client()
-            self.prefect.stop(grace_s=min(grace, 2.0))
+            self.prefect.terminate()
         self.stack.stop(grace_s=grace)
+        if self.prefect is not None:
+            self.prefect.stop(grace_s=1.0)
 
 
 #: Seconds that services get to stop after Ctrl-C before they are killed.
-INTERRUPT_GRACE_S = 2.0
+INTERRUPT_GRACE_S = 1.0
 
 
 def _drain_prefect_client(timeout_s: float = 5.0) -> None:

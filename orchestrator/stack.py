@@ -610,10 +610,15 @@ class EmbeddedPrefect:
             f"the Prefect server did not answer in {timeout_s:.0f} s; its log: {self.log_path}"
         )
 
+    def terminate(self) -> None:
+        """Asks the server to stop (SIGTERM) without waiting; stop() waits."""
+        if self.popen is not None and self.popen.poll() is None:
+            _signal_group(self.popen.pid, signal.SIGTERM)
+
     def stop(self, grace_s: float = 5.0) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
-        _signal_group(self.popen.pid, signal.SIGTERM)
+        self.terminate()
         try:
             self.popen.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
