@@ -10,6 +10,7 @@ import time
 import pytest
 
 from orchestrator import cli
+from orchestrator.messages import in_cli_terms
 from orchestrator.params import ParameterError, validate_params
 from orchestrator.results import result_file_name
 from orchestrator.stack import (
@@ -129,17 +130,17 @@ def test_cli_refuses_a_bad_parameter_before_starting_anything(tmp_path, capsys):
 
 
 def test_cli_messages_name_the_flags_not_the_fields():
-    assert cli.in_cli_terms("fov_deg: must be between 10 and 170") == (
+    assert in_cli_terms("fov_deg: must be between 10 and 170") == (
         "--fov: must be between 10 and 170"
     )
-    assert cli.in_cli_terms("rendering needs the render stage; use renderer='none'") == (
+    assert in_cli_terms("rendering needs the render stage; use renderer='none'") == (
         "rendering needs the render stage; use --renderer none"
     )
-    assert cli.in_cli_terms("use static_camera=true (--static-camera)").startswith(
+    assert in_cli_terms("use static_camera=true (--static-camera)").startswith(
         "use --static-camera"
     )
-    assert cli.in_cli_terms("candidate_indices contains 5, but") == "--subjects contains 5, but"
-    assert cli.in_cli_terms("nlf.num_aug: too many; the nlf_data folder") == (
+    assert in_cli_terms("candidate_indices contains 5, but") == "--subjects contains 5, but"
+    assert in_cli_terms("nlf.num_aug: too many; the nlf_data folder") == (
         "--num-aug: too many; the nlf_data folder"
     )
 
