@@ -194,11 +194,12 @@ def _console():
 def _run(args: argparse.Namespace) -> int:
     """`nlfpipe run`: returns 2 for bad parameters, else ends the process with the run's code
     (0 done, 1 failed, 3 services could not start, 130 interrupted)."""
+    from rich.markup import escape
     console = _console()
     try:
         params = validate_params(params_from_args(args))
     except ParameterError as err:
-        console.print(f"[red]invalid parameter[/red] {in_cli_terms(str(err))}")
+        console.print(f"[red]invalid parameter[/red] {escape(in_cli_terms(str(err)))}")
         return 2
     configure_embedded_env(args.state_dir, test_models=args.test_models, verbose=args.verbose)
     api_url = _use_stack_prefect(args.state_dir)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from rich.markup import escape
+
 from orchestrator.messages import failure_text
 from orchestrator.params import required_stages
 
@@ -89,10 +91,10 @@ class EmbeddedRun:
             return self._run_flow(startup_s)
         except ModelsMissing as err:
             video = shlex.quote(self.params.video)
-            self.console.print(f"[red]{str(err).replace('<video>', video)}[/red]")
+            self.console.print(f"[red]{escape(str(err).replace('<video>', video))}[/red]")
             return 3
         except StackError as err:
-            self.console.print(f"[red]{err}[/red]")
+            self.console.print(f"[red]{escape(str(err))}[/red]")
             return 3
         finally:
             self._stop()
@@ -101,7 +103,7 @@ class EmbeddedRun:
         if self.prefect is not None and self.prefect.first_time:
             return (
                 "starting services and Prefect (the first run creates Prefect's database in "
-                f"{self.prefect.home}: 10-20 s more, once)"
+                f"{self.prefect.home}: 10-30 s more, once)"
             )
         return "starting services and Prefect"
 
@@ -117,7 +119,7 @@ class EmbeddedRun:
             try:
                 state.result()
             except Exception as err:  # noqa: BLE001 - reported to the person, with its cause
-                self.console.print(f"[red]the run failed:[/red] {failure_text(err)}")
+                self.console.print(f"[red]the run failed:[/red] {escape(failure_text(err))}")
                 self.console.print(
                     f"full log: {self.log_path} (services: {self.state_dir / 'logs'}/<stage>.log)"
                 )
