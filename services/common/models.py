@@ -589,8 +589,8 @@ def _pull_file(
         if problem:
             raise ModelNotReady(
                 f"model {name!r}: the store's copy {info.uri} was rejected ({problem}); nothing "
-                f"was written to {final}. Replace it with `nlfpipe models push {name}` from an "
-                f"intact local cache, or `{push_command(name)}`"
+                f"was written to {final}. Replace it with `{cli_program()} models push {name}` "
+                f"from an intact local cache, or `{push_command(name)}`"
             )
         part.chmod(0o644)  # mkstemp made it private; other services may share the cache
         os.replace(part, final)
