@@ -9,8 +9,17 @@ one JSON object:
   prefect_startup_s ephemeral Prefect start-up (a no-op flow run first in this process)
   overhead_s        wall_s - stage_compute_s - prefect_startup_s
   overhead_per_call_s, stage_calls, cache_rerun_s, cache_rerun_ratio (rerun / first flow run)
+and, from `nlfpipe run --test-models` run as a subprocess as a user runs it on a short
+generated video (--cli-seconds, default 2 s; --static-camera), in a fresh folder:
+  cli_first_ever_overhead_s        very first run: wall minus the stages' compute (Prefect's
+                                   database is created and migrated here, once)
+  cli_startup_overhead_s           first run of another video, Prefect's database kept
+  cli_cached_rerun_s               the same command again (answered from the run's record)
+  cli_cached_rerun_via_services_s  again without the record: services start, all cache hits
+--cli-only skips the in-process flow part (its keys are then absent).
 
 Usage: .venv/bin/python benchmarks/orchestration.py [--seconds 20] [--store s3|local]
+       [--cli-seconds 2] [--cli-only]
 """
 
 import argparse
@@ -35,7 +44,67 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--store", choices=("s3", "local"), default="s3")
+    parser.add_argument("--cli-seconds", type=float, default=2.0)
+    parser.add_argument("--cli-only", action="store_true")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    cli = cli_timings(args.cli_seconds)
+    result = {} if args.cli_only else flow_timings(args)
+    result.update(cli)
+    result["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    print(json.dumps(result))
+
+
+#: The generated video's camera does not move: SLAM (colmap) on it is not reliable.
+CLI_OPTIONS = ("--test-models", "--static-camera")
+
+
+def cli_timings(seconds: float) -> dict:
+    """Wall times of `nlfpipe run` subprocesses in a fresh folder (see the module docstring)."""
+    import shutil
+    import subprocess
+
+    from tests.support.videos import make_test_video
+
+    nlfpipe = str(Path(sys.executable).with_name("nlfpipe"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NLFPIPE_", "PREFECT_"))}
+
+    def run(cwd: Path, video: str) -> tuple[float, float]:
+        started = time.monotonic()
+        done = subprocess.run([nlfpipe, "run", video, *CLI_OPTIONS], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=1800)  # fmt: skip
+        wall = time.monotonic() - started
+        if done.returncode != 0:
+            raise SystemExit(f"nlfpipe run {video} failed:\n{done.stderr[-3000:]}")
+        summary = json.loads((cwd / "nlfpipe-results" / "latest" / "summary.json").read_text())
+        compute = sum(s["compute_seconds"] for s in summary["stages"])
+        print(
+            f"nlfpipe run {video}: wall {wall:.2f} s, stage compute {compute:.2f} s",
+            file=sys.stderr,
+        )
+        return wall, compute
+
+    with tempfile.TemporaryDirectory(prefix="nlfpipe-bench-cli-") as tmp:
+        cwd = Path(tmp)
+        make_test_video(cwd / "a.mp4", seconds=seconds, seed=0)
+        make_test_video(cwd / "b.mp4", seconds=seconds + 0.5, seed=0)  # another video
+        first_wall, first_compute = run(cwd, "a.mp4")
+        rerun_wall, _ = run(cwd, "a.mp4")
+        shutil.rmtree(cwd / ".nlfpipe" / "runs")
+        via_services_wall, _ = run(cwd, "a.mp4")
+        other_wall, other_compute = run(cwd, "b.mp4")
+    return {
+        "cli_video": f"{seconds:g}s 320x240",
+        "cli_first_ever_overhead_s": round(first_wall - first_compute, 3),
+        "cli_startup_overhead_s": round(other_wall - other_compute, 3),
+        "cli_first_run_wall_s": round(other_wall, 3),
+        "cli_cached_rerun_s": round(rerun_wall, 3),
+        "cli_cached_rerun_via_services_s": round(via_services_wall, 3),
+    }
+
+
+def flow_timings(args: argparse.Namespace) -> dict:
+    """The in-process flow part: services, ephemeral Prefect, two flow runs."""
 
     from contextlib import ExitStack
 
@@ -87,11 +156,15 @@ def main() -> None:
     wall = prefect_startup_s + first_flow_s
     calls = len(first.stages)
     for s in first.stages:
-        print(f"{s.stage:<10} compute {s.compute_seconds:7.2f} s  call {s.wall_seconds:7.2f} s  "
-              f"{dict(s.counts)}")
-    print(f"services start-up {services_startup_s:.2f} s; second run: "
-          f"{sum(s.cache_hit for s in second.stages)}/{len(second.stages)} cache hits")
-    print(json.dumps({
+        print(
+            f"{s.stage:<10} compute {s.compute_seconds:7.2f} s  call {s.wall_seconds:7.2f} s  "
+            f"{dict(s.counts)}"
+        )
+    print(
+        f"services start-up {services_startup_s:.2f} s; second run: "
+        f"{sum(s.cache_hit for s in second.stages)}/{len(second.stages)} cache hits"
+    )
+    return {
         "video": f"{args.seconds:g}s {args.width}x{args.height}",
         "store": args.store,
         "frames": first.frames,
@@ -105,7 +178,7 @@ def main() -> None:
         "services_startup_s": round(services_startup_s, 3),
         "cache_rerun_s": round(cache_rerun_s, 3),
         "cache_rerun_ratio": round(cache_rerun_s / first_flow_s, 3),
-    }))  # fmt: skip
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

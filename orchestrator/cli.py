@@ -2,17 +2,13 @@
 
 import argparse
 import os
-import shutil
-import signal
 import sys
-import time
 from pathlib import Path
 
-from orchestrator.params import ParameterError, required_stages, validate_params
+from orchestrator.messages import in_cli_terms
+from orchestrator.params import ParameterError, validate_params
 
 DEFAULT_STATE_DIR = Path(".nlfpipe")
-#: Ephemeral Prefect migrates its database on the first flow of a process (11-21 s measured).
-EPHEMERAL_STARTUP_TIMEOUT_S = "180"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,16 +36,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stack's Prefect server: nlfpipe stack up)",
     )  # fmt: skip
     camera = run.add_mutually_exclusive_group()
-    camera.add_argument("--static-camera", dest="static_camera", action="store_true",
-                        default=False, help="the camera does not move: skip semseg and SLAM")
-    camera.add_argument("--moving-camera", dest="static_camera", action="store_false",
-                        help="estimate the camera's motion (semseg + SLAM; the default)")
-    run.add_argument("--slam-backend", default="auto", choices=("auto", "colmap", "droid"),
-                     help="camera tracker: colmap (CPU), droid (CUDA), auto (droid if it can "
-                     "run, else colmap)")
-    run.add_argument("--scale-source", default="auto", choices=("auto", "people", "depth", "none"),
-                     help="metric scale of the camera path: from the people, a depth model, "
-                     "auto (people, else depth), or none")
+    camera.add_argument(
+        "--static-camera",
+        dest="static_camera",
+        action="store_true",
+        default=False,
+        help="the camera does not move: skip semseg and SLAM",
+    )
+    camera.add_argument(
+        "--moving-camera",
+        dest="static_camera",
+        action="store_false",
+        help="estimate the camera's motion (semseg + SLAM; the default)",
+    )
+    run.add_argument(
+        "--slam-backend",
+        default="auto",
+        choices=("auto", "colmap", "droid"),
+        help="camera tracker: colmap (CPU), droid (CUDA), auto (droid if it can run, else colmap)",
+    )
+    run.add_argument(
+        "--scale-source",
+        default="auto",
+        choices=("auto", "people", "depth", "none"),
+        help="metric scale of the camera path: from the people, a depth model, "
+        "auto (people, else depth), or none",
+    )
     run.add_argument("--fov", type=float, dest="fov_deg", help="field of view in degrees")
     run.add_argument("--fps-factor", type=int, choices=(1, 2), help="default: 2 if fps <= 40")
     run.add_argument("--num-aug", type=int, default=5, help="NLF test-time augmentations")
@@ -61,13 +73,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="opengl: camera/world-view videos, previews and exports (default); none: no render",
     )  # fmt: skip
     run.add_argument("--force", action="store_true", help="recompute every stage")
-    run.add_argument("--output", type=Path, help="results folder (default: ./nlfpipe-results/NAME)")
+    run.add_argument(
+        "--output", type=Path,
+        help="results folder (default: ./nlfpipe-results/<video name>-<options digest>, "
+        "with nlfpipe-results/latest linking to it)",
+    )  # fmt: skip
     run.add_argument(
         "--test-models", action="store_true",
         help="run on small generated test models (no downloads; results are not meaningful)",
     )  # fmt: skip
-    run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                     help="where the local store, logs and stack state live (default .nlfpipe)")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="where the local store, logs and stack state live (default .nlfpipe)",
+    )
     run.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
     run.set_defaults(func=_run)
 
@@ -76,9 +96,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stack_sub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     up = stack_sub.add_parser("up", help="start the services and a Prefect server, then return")
-    up.add_argument("--stages",
-                    default="ingest,tracking,semseg,slam,pose,fitting,interpolation,render",
-                    help="comma-separated stages to start")
+    up.add_argument(
+        "--stages",
+        default="ingest,tracking,semseg,slam,pose,fitting,interpolation,render",
+        help="comma-separated stages to start",
+    )
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--no-prefect", action="store_true", help="services only")
     up.add_argument("--test-models", action="store_true", help="use generated test models")
@@ -140,11 +162,10 @@ def configure_embedded_env(state_dir: Path, *, test_models: bool, verbose: bool 
     state_dir = state_dir.resolve()
     os.environ.setdefault("NLFPIPE_STORE", "local")
     os.environ.setdefault("NLFPIPE_STORE_ROOT", str(state_dir / "store"))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-                          EPHEMERAL_STARTUP_TIMEOUT_S)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # to the run log, not the terminal
     if test_models:
         from orchestrator.testmodels import install_test_models
 
@@ -160,146 +181,42 @@ def _use_stack_prefect(state_dir: Path) -> str | None:
     return os.environ.get("PREFECT_API_URL")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _console():
+    """stderr console; without a terminal, lines are not wrapped at 80 columns."""
     from rich.console import Console
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=max(console.width, 200), soft_wrap=True)
+    return console
+
+
+def _run(args: argparse.Namespace) -> int:
+    """`nlfpipe run`: returns 2 for bad parameters, else ends the process with the run's code
+    (0 done, 1 failed, 3 services could not start, 130 interrupted)."""
+    from rich.markup import escape
+    console = _console()
     try:
         params = validate_params(params_from_args(args))
     except ParameterError as err:
-        console.print(f"[red]invalid parameter[/red] {err}")
+        console.print(f"[red]invalid parameter[/red] {escape(in_cli_terms(str(err)))}")
         return 2
     configure_embedded_env(args.state_dir, test_models=args.test_models, verbose=args.verbose)
     api_url = _use_stack_prefect(args.state_dir)
     if params.subjects.in_ui and not api_url:
-        console.print("[red]invalid parameter[/red] subjects.in_ui: choosing subjects in the UI "
-                      "needs a Prefect server; start one with `nlfpipe stack up`")
-        return 2
-
-    from orchestrator.stack import LocalStack, StackError
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _interrupt)
-    started = time.monotonic()
-    stack = LocalStack(required_stages(params), state_dir=args.state_dir)
-    try:
-        with console.status("starting services"):
-            addresses = stack.start()
-    except StackError as err:
-        console.print(f"[red]{err}[/red]")
-        return 3
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; services stopped[/yellow]")
-        return 130
-    try:
-        os.environ.update(stack.address_env())
         console.print(
-            "services: " + ", ".join(f"{s}@{a}" for s, a in addresses.items())
-            + f" ({time.monotonic() - started:.1f} s)"
+            "[red]invalid parameter[/red] --select-in-ui: choosing subjects in the UI "
+            "needs a Prefect server; start one with `nlfpipe stack up`"
         )
-        return _run_flow(params, args, console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: stopping services; nothing partial was published, "
-                      "a re-run resumes from the cache[/yellow]")
-        return 130
-    finally:
-        stack.stop()
+        return 2
+    from orchestrator.embedded import EmbeddedRun
 
-
-def _interrupt(signum, _frame) -> None:
-    """SIGTERM (and SIGINT where it was ignored) stop a run like Ctrl-C does."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _run_flow(params, args: argparse.Namespace, console) -> int:
-    from orchestrator.flow import process_video
-    from orchestrator.progress import TerminalProgress
-
-    if not os.environ.get("PREFECT_API_URL"):
-        console.print("starting Prefect (ephemeral mode; the first run migrates its database)")
-        # One flow in this process and services of its own: no GPU admission to wait for.
-        os.environ.setdefault("NLFPIPE_GPU_ADMISSION", "0")
-    with TerminalProgress(console):
-        state = process_video(params, return_state=True)
-    if not state.is_completed():
-        try:
-            state.result()
-        except Exception as err:  # noqa: BLE001 - reported to the person, with its cause
-            console.print(f"[red]the run failed:[/red] {err}")
-        return 1
-    summary = state.result()
-    output = args.output or Path("nlfpipe-results") / Path(params.video).stem
-    exported = export_results(summary, output)
-    print_summary(summary, exported, console)
-    return 0
-
-
-_SUFFIXES = {
-    "video/mp4": ".mp4",
-    "application/json": ".json",
-    "image/png": ".png",
-    "image/gif": ".gif",
-    "application/x-bodycompress": ".bcz",
-    "application/x-nlfpipe-masks+jsonl+zstd": ".jsonl.zst",
-}
-
-
-def result_file_name(stage: str, output: str, media_type: str) -> str:
-    """`<stage>-<output><suffix>`, the suffix from the media type (`+npz` -> .npz); outputs
-    named after their file (render's `exports_scene.glb`) keep their name."""
-    if "." in output:
-        return f"{stage}-{output}"
-    suffix = _SUFFIXES.get(media_type) or (
-        "." + media_type.rsplit("+", 1)[1] if "+" in media_type else ".bin"
-    )
-    return f"{stage}-{output}{suffix}"
-
-
-def export_results(summary, folder: Path) -> Path:
-    """Copies every output of the run from the store into `folder` (see result_file_name)."""
-    from orchestrator.stage_tasks import flow_store
-
-    store = flow_store()
-    folder.mkdir(parents=True, exist_ok=True)
-    for stage in summary.stages:
-        for name, ref in stage.outputs.items():
-            _export(store, ref.uri, folder / result_file_name(stage.stage, name, ref.media_type))
-    if summary.summary_uri:
-        key = store.key_from_uri(summary.summary_uri)
-        (folder / "summary.json").write_bytes(store.get_bytes(key))
-    return folder
-
-
-def _export(store, uri: str, target: Path) -> None:
-    key = store.key_from_uri(uri)
-    local = store.local_path(key)
-    if local is not None:
-        shutil.copyfile(local, target)
-    else:
-        store.get_file(key, target)
-
-
-def print_summary(summary, folder: Path, console) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"nlfpipe: {summary.video}")
-    for column in ("stage", "result", "compute s", "call s", "attempts", "counts"):
-        table.add_column(column, justify="right" if column.endswith(("s", "attempts")) else "left")
-    for s in summary.stages:
-        table.add_row(
-            s.stage,
-            "[green]cache hit[/green]" if s.cache_hit else "computed",
-            f"{s.compute_seconds:.2f}",
-            f"{s.wall_seconds:.2f}",
-            str(s.attempts),
-            ", ".join(f"{k}={v:g}" for k, v in sorted(s.counts.items())),
-        )
-    console.print(table)
-    console.print(
-        f"people found: [bold]{summary.people_found}[/bold], frames: {summary.frames}, "
-        f"wall {summary.wall_seconds:.1f} s; results in [bold]{folder.resolve()}[/bold]"
-    )
+    code = EmbeddedRun(params, args, console, embedded_prefect=not api_url).execute()
+    # Everything was stopped and Prefect's client drained: skip the interpreter's teardown
+    # (Prefect's exit hooks and torch take seconds on a loaded machine).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _stack_up(args: argparse.Namespace) -> int:
@@ -322,7 +239,8 @@ def _stack_up(args: argparse.Namespace) -> int:
     if "prefect" in extra:
         print(f"prefect UI    {extra['prefect']['ui_url']}")
         print(f"export PREFECT_API_URL={extra['prefect']['api_url']}")
-    print(" ".join(f"{k}={v}" for k, v in stack.address_env().items()))
+    for name, value in stack.address_env().items():
+        print(f"export {name}={value}")
     return 0
 
 

@@ -4,6 +4,7 @@ This module must not use `from __future__ import annotations`: Prefect resolves 
 parameter types at run time, and UI-triggered runs with pydantic parameters break with it.
 """
 
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ from orchestrator.params import (
     VideoParams,
     validate_params,
 )
-from orchestrator.summary import RunSummary, markdown, people_in
+from orchestrator.summary import RunSummary, markdown, models_used, people_in
 from orchestrator.tasks import GPU_STAGES, GPU_TAG_PREFIX, admitted
 
 
@@ -109,8 +110,15 @@ def process_video(params: VideoParams) -> RunSummary:
         frames=probe.frame_count,
         fps_factor=fps_factor,
         wall_seconds=time.monotonic() - started,
+        parameters=params.model_dump(mode="json"),
+        models=models_used(outcomes, _read_json),
     )
     return publish_summary(summary)
+
+
+def _read_json(uri: str) -> dict:
+    store = stage_tasks.flow_store()
+    return json.loads(store.get_bytes(store.key_from_uri(uri)))
 
 
 def _checked(params: VideoParams) -> VideoParams:

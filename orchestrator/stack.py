@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 
 from services.common.client import health_status
+from services.common.models import cli_program, load_registry, sha256_of
+from services.common.settings import load_settings
 from services.common.stages import stage_spec
 
 DEFAULT_STATE_DIR = Path(".nlfpipe")
@@ -38,12 +40,86 @@ class ModelsMissing(StackError):
 
     def __init__(self, reasons: Mapping[str, str]):
         self.reasons = dict(reasons)
-        lines = [f"  {stage}: {reason}" for stage, reason in sorted(self.reasons.items())]
+        lines = []
+        for stage, reason in sorted(self.reasons.items()):
+            lines.append(f"  {stage}:")
+            lines += [f"    - {part.strip()}" for part in reason.split(" | ") if part.strip()]
+        program = cli_program()
         super().__init__(
-            "models are missing, nothing was run:\n" + "\n".join(lines)
-            + "\nFetch them with `nlfpipe models fetch NAME` (see `nlfpipe models list`), "
-            "or try the pipeline on generated test models with `nlfpipe run --test-models`."
+            "models are missing, nothing was run:\n"
+            + "\n".join(lines)
+            + f"\nFetch them with the commands above (`{program} models list` shows every "
+            "model), or try the pipeline on generated test models: "
+            "`make run VIDEO=<video> RUN_ARGS=--test-models` "
+            f"(or `{program} run <video> --test-models`)."
         )
+
+
+class StackMismatch(StackError):
+    """A running stack's service computes with other models than this run asks for."""
+
+
+#: Environment variables that choose which models a service computes with, on what, and where
+#: its results go; a service reused by a run must have started with the same values.
+MODEL_SELECTION_ENV = (
+    "NLFPIPE_MODEL_CACHE",
+    "NLFPIPE_MODEL_SOURCE",
+    "SMPLFITTER_BODY_MODELS",
+    "NLFPIPE_DEVICE",
+    "NLFPIPE_POSE_MODEL",
+    "NLFPIPE_POSE_FP16",
+    "NLFPIPE_SEMSEG_MODEL",
+    "NLFPIPE_TRACKING_BACKEND",
+    "NLFPIPE_SEMSEG_BACKEND",
+    "NLFPIPE_INTERPOLATION_BACKEND",
+    "NLFPIPE_STORE",
+    "NLFPIPE_STORE_ROOT",
+)
+#: Set (to 1) by `--test-models`: the services run on generated stand-ins.
+TEST_MODELS_ENV = "NLFPIPE_TEST_MODELS"
+
+
+def service_models(stage: str, env: Mapping[str, str]) -> dict:
+    """What a `stage` service started with `env` computes with: the test-models flag, the
+    selecting settings, and the sha256 of each file of the stage's registry models found in
+    the model cache (from the hash cache, so this is cheap after the first time)."""
+    settings = load_settings(env)
+    files = {}
+    for name, entry in sorted(load_registry().items()):
+        if stage not in entry.used_by:
+            continue
+        root = Path(env.get("SMPLFITTER_BODY_MODELS") or settings.model_cache)
+        folder = (root if name == "smpl" else settings.model_cache) / name
+        for rel in entry.required_paths():
+            if (folder / rel).is_file():
+                files[f"{name}/{rel}"] = sha256_of(folder / rel)
+    return {
+        "test_models": env.get(TEST_MODELS_ENV) == "1",
+        "settings": {k: env[k] for k in MODEL_SELECTION_ENV if env.get(k)},
+        "files": files,
+    }
+
+
+def models_difference(recorded: Mapping | None, wanted: Mapping) -> list[str]:
+    """How a running service's models differ from what a run wants (empty: the same)."""
+    if not recorded:
+        return ["the stack did not record its models (it was started by an older nlfpipe)"]
+    if recorded.get("test_models") != wanted["test_models"]:
+
+        def kind(test_models: bool) -> str:
+            return "generated test models" if test_models else "the real models"
+
+        return [f"the stack runs {kind(recorded.get('test_models'))}, "
+                f"this run asks for {kind(wanted['test_models'])}"]  # fmt: skip
+    differences = []
+    for group in ("settings", "files"):
+        old, new = recorded.get(group, {}), wanted[group]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                differences.append(
+                    f"{key}: stack {old.get(key, '(unset)')}, this run {new.get(key, '(unset)')}"
+                )
+    return differences
 
 
 @dataclass
@@ -57,6 +133,7 @@ class ServiceProcess:
     log_path: str = ""
     owned: bool = True
     restarts: int = 0
+    models: dict | None = None  # service_models() at start
     popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     def alive(self) -> bool:
@@ -119,16 +196,25 @@ class LocalStack:
         """Starts (or reuses) every stage service; returns stage -> address once all serve."""
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         reusable = running_services(self.state_dir)
+        launched: list[_Launched] = []
         try:
             for stage in self.stages:
                 found = reusable.get(stage)
                 if found is not None and health_status(found.address, timeout_s=2.0) == "SERVING":
+                    self._check_models(found)
                     found.owned = False
                     self.services[stage] = found
                 else:
-                    self.services[stage] = self._spawn(stage, port=0)
+                    launched.append(self._launch(stage, port=0))
+            # Every process is started before any is waited for: they import and load together.
+            while launched:
+                self.services[launched[0].stage] = self._bound(launched[0])
+                launched.pop(0)
             self._wait_all_serving()
         except BaseException:
+            for rest in launched:
+                rest.popen.kill()
+                rest.popen.wait()
             self.stop()
             raise
         if self.supervise:
@@ -138,6 +224,19 @@ class LocalStack:
             self._supervisor.start()
         return self.addresses()
 
+    def _check_models(self, found: ServiceProcess) -> None:
+        """Refuses a running service that computes with other models than this stack wants."""
+        differences = models_difference(found.models, service_models(found.stage, self.env))
+        if differences:
+            program = cli_program()
+            raise StackMismatch(
+                f"the running stack's {found.stage} service ({found.address}, recorded in "
+                f"{self.state_dir / STATE_FILE}) computes with other models than this run asks "
+                f"for: {'; '.join(differences)}. Nothing was run. Stop the stack with "
+                f"`{program} stack down` and run again, or run with the stack's models "
+                "(`--test-models` exactly when it was started with `stack up --test-models`)."
+            )
+
     def addresses(self) -> dict[str, str]:
         return {stage: s.address for stage, s in self.services.items()}
 
@@ -145,15 +244,15 @@ class LocalStack:
         """`<STAGE>_ADDR` variables that point the flow at these services."""
         return {stage_spec(stage).addr_env: addr for stage, addr in self.addresses().items()}
 
-    def stop(self) -> None:
-        """Stops the services this stack started (SIGTERM, then SIGKILL after a grace period)."""
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stops the services this stack started (SIGTERM, then SIGKILL after `grace_s`)."""
         self._stopping.set()
         with self._lock:
             owned = [s for s in self.services.values() if s.owned and s.popen is not None]
         for service in owned:
             if service.alive():
                 service.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + grace_s
         for service in owned:
             try:
                 service.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
@@ -161,14 +260,21 @@ class LocalStack:
                 service.popen.kill()
                 service.popen.wait(timeout=5)
         if self._supervisor is not None:
-            self._supervisor.join(timeout=5)
+            self._supervisor.join(timeout=1)
 
     # processes -----------------------------------------------------------------------------
     def _spawn(self, stage: str, port: int) -> ServiceProcess:
+        return self._bound(self._launch(stage, port))
+
+    def _launch(self, stage: str, port: int) -> "_Launched":
+        """Starts a service process without waiting for it (port 0: a fresh start, whose log
+        replaces the previous one as `<stage>.log.1`; else a restart, appending)."""
         port_file = self.state_dir / f"{stage}.port"
         port_file.unlink(missing_ok=True)
         log_path = self.state_dir / "logs" / f"{stage}.log"
-        with open(log_path, "ab" if port else "wb") as log:
+        if not port and log_path.exists():
+            os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+        with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 serve_command(stage, port, port_file),
                 env={**self.env, "NLFPIPE_LOG_FORMAT": "json"},
@@ -178,14 +284,24 @@ class LocalStack:
                 start_new_session=True,
                 preexec_fn=None if self.detach else _stop_with_parent,
             )
-        bound = _read_port(port_file, popen, log_path, timeout_s=self.startup_timeout_s)
+        return _Launched(stage, popen, port_file, log_path)
+
+    def _bound(self, launched: "_Launched") -> ServiceProcess:
+        """The service once it listens (its port file is read and removed)."""
+        try:
+            bound = _read_port(
+                launched.port_file, launched.popen, launched.log_path, self.startup_timeout_s
+            )
+        finally:
+            launched.port_file.unlink(missing_ok=True)
         return ServiceProcess(
-            stage=stage,
+            stage=launched.stage,
             address=f"127.0.0.1:{bound}",
-            pid=popen.pid,
+            pid=launched.popen.pid,
             port=bound,
-            log_path=str(log_path),
-            popen=popen,
+            log_path=str(launched.log_path),
+            models=service_models(launched.stage, self.env),
+            popen=launched.popen,
         )
 
     def _wait_all_serving(self) -> None:
@@ -245,6 +361,16 @@ class LocalStack:
         }
         path.write_text(json.dumps(state, indent=2))
         return path
+
+
+@dataclass
+class _Launched:
+    """A service process that was started and may not listen yet."""
+
+    stage: str
+    popen: subprocess.Popen
+    port_file: Path
+    log_path: Path
 
 
 def _stop_with_parent() -> None:
@@ -416,3 +542,93 @@ def stack_status(state_dir: Path = DEFAULT_STATE_DIR) -> list[dict]:
             "status": "SERVING" if alive else "STOPPED",
         })  # fmt: skip
     return rows
+
+
+class EmbeddedPrefect:
+    """Prefect's API server for one `nlfpipe run` without a stack: the app of Prefect's
+    ephemeral mode, but started here in its own session (the Ctrl-C that stops a run does not
+    kill it while the flow still reports to it) and with its database under the state folder,
+    so the database is created and migrated by the first run only."""
+
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR):
+        self.home = (Path(state_dir) / "prefect").resolve()
+        self.log_path = Path(state_dir) / "logs" / "prefect.log"
+        self.port = _free_port()
+        self.first_time = not (self.home / "prefect.db").exists()
+        self.popen: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        """Starts the server process and returns at once (see wait_ready)."""
+        import prefect
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.log_path.exists():
+            os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        env.pop("PREFECT_API_URL", None)
+        command = [
+            sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]),
+            "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+            "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_stop_with_parent,
+            )  # fmt: skip
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Returns once the API answers; StackError (with its log) when it exits or stalls."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.popen is None or self.popen.poll() is not None:
+                raise StackError(
+                    f"the Prefect server exited; its log: {self.log_path}\n{_tail(self.log_path)}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise StackError(
+            f"the Prefect server did not answer in {timeout_s:.0f} s; its log: {self.log_path}"
+        )
+
+    def terminate(self) -> None:
+        """Asks the server to stop (SIGTERM) without waiting; stop() waits."""
+        if self.popen is not None and self.popen.poll() is None:
+            _signal_group(self.popen.pid, signal.SIGTERM)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.terminate()
+        try:
+            self.popen.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

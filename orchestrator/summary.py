@@ -1,5 +1,7 @@
 """The run summary: stages with timings and cache hits, people found, links to the outputs."""
 
+from collections.abc import Callable
+
 from pydantic import BaseModel, Field
 
 from orchestrator.outcome import StageOutcome
@@ -18,6 +20,9 @@ class RunSummary(BaseModel):
     fps_factor: int = 1
     wall_seconds: float = 0.0
     summary_uri: str = ""
+    parameters: dict = Field(default_factory=dict)
+    #: stage -> the models, device and precision its manifest records (see models_used)
+    models: dict[str, dict] = Field(default_factory=dict)
 
     @property
     def compute_seconds(self) -> float:
@@ -36,6 +41,19 @@ class RunSummary(BaseModel):
         return {
             f"{s.stage}.{name}": ref.uri for s in self.stages for name, ref in s.outputs.items()
         }
+
+
+def models_used(stages: list[StageOutcome], read_json: Callable[[str], dict]) -> dict[str, dict]:
+    """Stage -> the identity its manifest records (model files with sha256, device, precision);
+    `read_json` reads a manifest by URI. A stage without models records none."""
+    used: dict[str, dict] = {}
+    for outcome in stages:
+        if not outcome.manifest_uri or outcome.stage in used:
+            continue
+        identity = read_json(outcome.manifest_uri).get("params", {}).get("identity")
+        if identity:
+            used[outcome.stage] = identity
+    return used
 
 
 def people_in(outcome: StageOutcome) -> int:
@@ -71,8 +89,11 @@ def markdown(summary: RunSummary, links: dict[str, str] | None = None) -> str:
     lines += ["", "## Outputs", ""]
     for name, uri in summary.outputs().items():
         target = links.get(name, uri)
-        lines.append(f"- **{name}**: [{uri}]({target})" if target.startswith("http") else
-                     f"- **{name}**: `{uri}`")
+        lines.append(
+            f"- **{name}**: [{uri}]({target})"
+            if target.startswith("http")
+            else f"- **{name}**: `{uri}`"
+        )
     if summary.summary_uri:
         lines += ["", f"Summary JSON: `{summary.summary_uri}`"]
     return "\n".join(lines)

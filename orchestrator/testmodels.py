@@ -29,4 +29,5 @@ def install_test_models(model_cache: Path) -> dict[str, str]:
         "NLFPIPE_SEMSEG_BACKEND": "synthetic",
         "NLFPIPE_INTERPOLATION_BACKEND": "flow",
         "NLFPIPE_DEVICE": "cpu",
+        "NLFPIPE_TEST_MODELS": "1",
     }

@@ -270,7 +270,7 @@ def test_render_outputs_reach_the_results_folder_and_the_ui(e2e, first_and_secon
 
     import av
 
-    from orchestrator.cli import export_results
+    from orchestrator.results import export_results
     from orchestrator.stage_tasks import RENDER_PREVIEWS
 
     first, _ = first_and_second_run

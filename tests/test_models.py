@@ -23,8 +23,12 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 class _Server:
     """Serves files from a dict; can cut the first response short and answers Range requests."""
 
-    def __init__(self, files: dict[str, bytes], cut_first_after: int | None = None,
-                 content_type: str = "application/octet-stream"):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        cut_first_after: int | None = None,
+        content_type: str = "application/octet-stream",
+    ):
         self.files = files
         self.requests: list[tuple[str, str | None]] = []
         outer = self
@@ -89,14 +93,17 @@ def _entry(url: str, **file_fields) -> ModelEntry:
 
 def test_fetch_resumes_after_a_cut_connection(settings, monkeypatch):
     with _Server({"/w.bin": PAYLOAD}, cut_first_after=120_000) as server:
-        _use_registry(monkeypatch, _entry(server.url + "/w.bin", sha256=SHA,
-                                          size_bytes=len(PAYLOAD)))
+        _use_registry(
+            monkeypatch, _entry(server.url + "/w.bin", sha256=SHA, size_bytes=len(PAYLOAD))
+        )
         path = models.fetch_model("toy", settings)
     assert path == settings.model_cache / "toy" / "weights.bin"
     assert path.read_bytes() == PAYLOAD
     assert server.requests == [("/w.bin", None), ("/w.bin", "bytes=120000-")]
-    assert sorted(p.name for p in path.parent.iterdir()) == [".weights.bin.sha256.json",
-                                                             "weights.bin"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        ".weights.bin.sha256.json",
+        "weights.bin",
+    ]
     assert models.require_model("toy", settings) == path
 
 
@@ -123,14 +130,16 @@ def test_unpinned_hash_is_recorded_and_verify_catches_corruption(settings, monke
     assert models.verify_model("toy", settings).ok
     path.write_bytes(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1]))
     report = models.verify_model("toy", settings)
-    assert report.corrupt == [f"weights.bin: sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}"
-                              f", expected {SHA}"]
+    assert report.corrupt == [
+        f"weights.bin: sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}, expected {SHA}"
+    ]
     with pytest.raises(ModelNotReady, match="corrupt"):
         models.require_model("toy", settings)
 
 
-def test_require_model_reads_the_hash_cache_when_size_and_mtime_are_unchanged(settings,
-                                                                             monkeypatch):
+def test_require_model_reads_the_hash_cache_when_size_and_mtime_are_unchanged(
+    settings, monkeypatch
+):
     _use_registry(monkeypatch, _entry("http://unused", sha256=SHA))
     path = settings.model_cache / "toy" / "weights.bin"
     path.parent.mkdir(parents=True)
@@ -152,7 +161,7 @@ def test_missing_model_error_names_file_path_and_command(settings):
     expected = settings.model_cache / "nlf-l" / "nlf_l_multi_0.3.2.torchscript"
     assert "nlf_l_multi_0.3.2.torchscript" in message
     assert str(expected) in message
-    assert "`nlfpipe models fetch nlf-l`" in message
+    assert "`.venv/bin/nlfpipe models fetch nlf-l`" in message
 
 
 def test_archive_members_are_extracted(settings, monkeypatch):
@@ -161,8 +170,11 @@ def test_archive_members_are_extracted(settings, monkeypatch):
         zf.writestr("nlf/canonical_verts/smpl.npy", b"verts")
         zf.writestr("nlf/canonical_joints/smpl.npy", b"joints")
     with _Server({"/d.zip": buf.getvalue()}) as server:
-        spec = ModelFile(name="data.zip", url=server.url + "/d.zip",
-                         extract=("canonical_verts/smpl.npy", "canonical_joints/smpl.npy"))
+        spec = ModelFile(
+            name="data.zip",
+            url=server.url + "/d.zip",
+            extract=("canonical_verts/smpl.npy", "canonical_joints/smpl.npy"),
+        )
         _use_registry(monkeypatch, replace(_entry(""), files=(spec,)))
         folder = models.fetch_model("toy", settings)
     assert folder == settings.model_cache / "toy"
@@ -175,8 +187,18 @@ def test_archive_members_are_extracted(settings, monkeypatch):
 
 def test_registry_lists_every_model_the_pipeline_uses():
     registry = models.load_registry()
-    assert {"nlf-l", "nlf-s", "nlf-data", "stcn", "maskrcnn", "deeplabv3", "droid-slam",
-            "zoedepth", "rife", "smpl"} <= set(registry)
+    assert {
+        "nlf-l",
+        "nlf-s",
+        "nlf-data",
+        "stcn",
+        "maskrcnn",
+        "deeplabv3",
+        "droid-slam",
+        "zoedepth",
+        "rife",
+        "smpl",
+    } <= set(registry)
     for entry in registry.values():
         assert entry.license and entry.files
         assert entry.manual or all(f.url and f.url.startswith("https://") for f in entry.files)
@@ -190,8 +212,7 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_cli_fetch_of_a_registered_licence_model_prints_instructions(settings, monkeypatch,
-                                                                     capsys):
+def test_cli_fetch_of_a_registered_licence_model_prints_instructions(settings, monkeypatch, capsys):
     monkeypatch.setenv("NLFPIPE_MODEL_CACHE", str(settings.model_cache))
     assert _cli(["models", "fetch", "smpl"]) == 1
     err = capsys.readouterr().err
@@ -205,6 +226,26 @@ def test_cli_path_list_and_verify(settings, monkeypatch, capsys):
     out = capsys.readouterr().out.strip()
     assert out == str(settings.model_cache / "nlf-s" / "nlf_s_multi_0.2.2.torchscript")
     assert _cli(["models", "list"]) == 0
-    assert "nlf-l       missing" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["model", "state", "used"]
+    assert "nlf-l       missing" in "\n".join(lines[1:])
     assert _cli(["models", "verify", "nlf-s"]) == 1
     assert "MISSING nlf_s_multi_0.2.2.torchscript" in capsys.readouterr().out
+
+
+def test_require_models_lists_every_missing_file_of_every_model(settings):
+    with pytest.raises(ModelNotReady) as info:
+        models.require_models(["nlf-l", "nlf-data", "smpl"], settings)
+    message = str(info.value)
+    for name in (
+        "nlf_l_multi_0.3.2.torchscript",
+        "canonical_verts/smpl.npy",
+        "canonical_joints/smpl.npy",
+        "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl",
+        "basicmodel_m_lbs_10_207_0_v1.1.0.pkl",
+        "basicmodel_f_lbs_10_207_0_v1.1.0.pkl",
+        "kid_template.npy",
+    ):
+        assert name in message
+    assert "`.venv/bin/nlfpipe models fetch nlf-data`" in message
+    assert "`.venv/bin/nlfpipe models verify smpl`" in message

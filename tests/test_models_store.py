@@ -30,8 +30,9 @@ POINTS_KEY = "models/toy/canonical/points.npy"
 def _entry(url: str = "http://unused/w.bin", **pins) -> ModelEntry:
     """A toy model: one plain file (with ``pins``) and one archive member."""
     weights = ModelFile(name="weights.bin", url=url, **pins)
-    archive = ModelFile(name="data.zip", url="http://unused/d.zip",
-                        extract=("canonical/points.npy",))
+    archive = ModelFile(
+        name="data.zip", url="http://unused/d.zip", extract=("canonical/points.npy",)
+    )
     return ModelEntry(name="toy", description="toy", license="MIT", files=(weights, archive))
 
 
@@ -46,8 +47,7 @@ def _store_env(store: ArtifactStore, endpoint: str) -> dict[str, str]:
 
 
 def _settings(env: dict[str, str], cache: Path, source: str = "store") -> Settings:
-    return load_settings({**env, "NLFPIPE_MODEL_CACHE": str(cache),
-                          "NLFPIPE_MODEL_SOURCE": source})
+    return load_settings({**env, "NLFPIPE_MODEL_CACHE": str(cache), "NLFPIPE_MODEL_SOURCE": source})
 
 
 def _fill_cache(cache: Path) -> None:
@@ -100,8 +100,9 @@ def test_model_source_setting() -> None:
         load_settings({"NLFPIPE_MODEL_SOURCE": "s3"})
 
 
-def test_push_then_pull_into_an_empty_cache_gives_the_same_bytes(store, s3_endpoint, tmp_path,
-                                                                  monkeypatch):
+def test_push_then_pull_into_an_empty_cache_gives_the_same_bytes(
+    store, s3_endpoint, tmp_path, monkeypatch
+):
     _use_registry(monkeypatch, _entry(sha256=SHA, size_bytes=len(PAYLOAD)))
     env = _store_env(store, s3_endpoint)
     _fill_cache(tmp_path / "source")
@@ -118,16 +119,19 @@ def test_push_then_pull_into_an_empty_cache_gives_the_same_bytes(store, s3_endpo
     assert (folder / "weights.bin").read_bytes() == PAYLOAD
     assert (folder / "canonical" / "points.npy").read_bytes() == POINTS
     assert (folder / "weights.bin").stat().st_mode & 0o777 == 0o644
-    assert _files(folder) == [".weights.bin.sha256.json", "canonical/.points.npy.sha256.json",
-                              "canonical/points.npy", "weights.bin"]
+    assert _files(folder) == [
+        ".weights.bin.sha256.json",
+        "canonical/.points.npy.sha256.json",
+        "canonical/points.npy",
+        "weights.bin",
+    ]
     assert models.verify_model("toy", target).ok
 
     monkeypatch.setattr(models, "open_store", lambda s: pytest.fail("store opened"))
     assert models.require_model("toy", target) == folder  # all there: the store is not asked
 
 
-def test_pulled_unpinned_file_records_the_stores_hash(s3_store, s3_endpoint, tmp_path,
-                                                      monkeypatch):
+def test_pulled_unpinned_file_records_the_stores_hash(s3_store, s3_endpoint, tmp_path, monkeypatch):
     _use_registry(monkeypatch, _entry())
     _push(s3_store, s3_endpoint, tmp_path)
     target = _settings(s3_env(s3_endpoint, s3_store.bucket), tmp_path / "empty")
@@ -152,13 +156,14 @@ def test_a_corrupt_store_object_is_rejected_and_nothing_is_left(
     _use_registry(monkeypatch, _entry())
     _push(s3_store, s3_endpoint, tmp_path)
     bad = bytes(len(PAYLOAD)) if metadata else PAYLOAD
-    s3_store.client.put_object(s3_store.bucket, WEIGHTS_KEY, io.BytesIO(bad),
-                               len(bad), metadata=metadata)
+    s3_store.client.put_object(
+        s3_store.bucket, WEIGHTS_KEY, io.BytesIO(bad), len(bad), metadata=metadata
+    )
     target = _settings(s3_env(s3_endpoint, s3_store.bucket), tmp_path / "empty")
     with pytest.raises(ModelNotReady, match=message) as info:
         models.require_model("toy", target)
     assert f"s3://{s3_store.bucket}/{WEIGHTS_KEY} was rejected" in str(info.value)
-    assert "`nlfpipe models fetch toy --to-store`" in str(info.value)
+    assert "`.venv/bin/nlfpipe models fetch toy --to-store`" in str(info.value)
     assert _files(tmp_path / "empty") == []
 
 
@@ -193,7 +198,7 @@ def test_a_model_missing_from_the_store_names_the_store_and_the_command(
     message = str(info.value)
     assert f"s3://{s3_store.bucket}/{POINTS_KEY}" in message
     assert str(tmp_path / "cache" / "toy" / "canonical" / "points.npy") in message
-    assert "Run `nlfpipe models fetch toy --to-store`" in message
+    assert "Run `.venv/bin/nlfpipe models fetch toy --to-store`" in message
     assert _files(tmp_path / "cache") == []  # nothing pulled while the model is incomplete
 
 
@@ -202,7 +207,7 @@ def test_local_source_never_touches_the_store(s3_store, s3_endpoint, tmp_path, m
     _push(s3_store, s3_endpoint, tmp_path)
     monkeypatch.setattr(models, "open_store", lambda s: pytest.fail("store opened"))
     target = _settings(s3_env(s3_endpoint, s3_store.bucket), tmp_path / "cache", source="local")
-    with pytest.raises(ModelNotReady, match=r"Run `nlfpipe models fetch toy` \(with"):
+    with pytest.raises(ModelNotReady, match=r"Run `.venv/bin/nlfpipe models fetch toy` \(with"):
         models.require_model("toy", target)
     assert not (tmp_path / "cache").exists()
 
@@ -211,30 +216,40 @@ def test_an_unusable_store_is_model_not_ready(tmp_path, monkeypatch):
     _use_registry(monkeypatch, _entry())
     (tmp_path / "not-a-folder").write_text("")
     env = {"NLFPIPE_STORE": "local", "NLFPIPE_STORE_ROOT": str(tmp_path / "not-a-folder")}
-    with pytest.raises(ModelNotReady, match="copying it from the model store failed.*"
-                                            "NLFPIPE_STORE_ROOT"):
+    with pytest.raises(
+        ModelNotReady, match="copying it from the model store failed.*NLFPIPE_STORE_ROOT"
+    ):
         models.require_model("toy", _settings(env, tmp_path / "cache"))
 
 
-def test_push_refuses_a_model_missing_from_the_local_cache(s3_store, s3_endpoint, tmp_path,
-                                                           monkeypatch):
+def test_push_refuses_a_model_missing_from_the_local_cache(
+    s3_store, s3_endpoint, tmp_path, monkeypatch
+):
     _use_registry(monkeypatch, _entry())
     source = _settings(s3_env(s3_endpoint, s3_store.bucket), tmp_path / "cache")
-    with pytest.raises(models.ModelFetchError,
-                       match="missing weights.bin; missing canonical/points.npy.*nothing was "
-                             "uploaded. Run `nlfpipe models fetch toy`"):
+    with pytest.raises(
+        models.ModelFetchError,
+        match="missing weights.bin; missing canonical/points.npy.*nothing was "
+        "uploaded. Run `.venv/bin/nlfpipe models fetch toy`",
+    ):
         models.push_model("toy", source)
     assert s3_store.list("models/") == []
 
 
-def test_cli_fetch_to_store_then_list(s3_store, s3_endpoint, tmp_path, monkeypatch, http_url,
-                                      capsys):
-    one_file = ModelEntry(name="toy", description="toy", license="MIT",
-                          files=(ModelFile(name="weights.bin", url=http_url + "/w.bin",
-                                           sha256=SHA),))
+def test_cli_fetch_to_store_then_list(
+    s3_store, s3_endpoint, tmp_path, monkeypatch, http_url, capsys
+):
+    one_file = ModelEntry(
+        name="toy",
+        description="toy",
+        license="MIT",
+        files=(ModelFile(name="weights.bin", url=http_url + "/w.bin", sha256=SHA),),
+    )
     _use_registry(monkeypatch, one_file)
-    _set_env(monkeypatch, {**s3_env(s3_endpoint, s3_store.bucket),
-                           "NLFPIPE_MODEL_CACHE": str(tmp_path / "cache")})
+    _set_env(
+        monkeypatch,
+        {**s3_env(s3_endpoint, s3_store.bucket), "NLFPIPE_MODEL_CACHE": str(tmp_path / "cache")},
+    )
     assert _cli(["models", "fetch", "toy", "--to-store"]) == 0
     assert f"uploaded s3://{s3_store.bucket}/{WEIGHTS_KEY} (200000 bytes, sha256 {SHA})" in (
         capsys.readouterr().err
@@ -248,15 +263,20 @@ def test_cli_fetch_to_store_then_list(s3_store, s3_endpoint, tmp_path, monkeypat
     assert (row["state"], row["store"]) == ("missing", "stored")
     assert not (tmp_path / "other").exists()  # listing copies nothing out of the store
     assert _cli(["models", "list"]) == 0
-    assert capsys.readouterr().out.startswith("toy         missing  store:stored   ")
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.startswith("model       state    store")
+    assert row.startswith("toy         missing  store:stored   ")
 
 
-def test_cli_push_of_a_hand_placed_model_and_list_without_a_store(s3_store, s3_endpoint,
-                                                                  tmp_path, monkeypatch, capsys):
+def test_cli_push_of_a_hand_placed_model_and_list_without_a_store(
+    s3_store, s3_endpoint, tmp_path, monkeypatch, capsys
+):
     _use_registry(monkeypatch, _entry())
     _fill_cache(tmp_path / "cache")
-    _set_env(monkeypatch, {**s3_env(s3_endpoint, s3_store.bucket),
-                           "NLFPIPE_MODEL_CACHE": str(tmp_path / "cache")})
+    _set_env(
+        monkeypatch,
+        {**s3_env(s3_endpoint, s3_store.bucket), "NLFPIPE_MODEL_CACHE": str(tmp_path / "cache")},
+    )
     assert _cli(["models", "push", "toy"]) == 0
     assert sorted(s3_store.list("models/toy/")) == [POINTS_KEY, WEIGHTS_KEY]
     (tmp_path / "cache" / "toy" / "weights.bin").unlink()

@@ -1,6 +1,7 @@
 """The local stack: services as processes, reuse, restart after a crash, clean stop; the CLI."""
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -9,12 +10,17 @@ import time
 import pytest
 
 from orchestrator import cli
+from orchestrator.messages import in_cli_terms
 from orchestrator.params import ParameterError, validate_params
+from orchestrator.results import result_file_name
 from orchestrator.stack import (
     LocalStack,
     ModelsMissing,
+    StackMismatch,
     _model_not_ready_reason,
+    models_difference,
     running_services,
+    service_models,
     stack_status,
     stop_recorded,
 )
@@ -62,6 +68,11 @@ def test_stack_up_state_is_reused_and_stopped_by_down(local_env):
         with LocalStack(["ingest"], state_dir=state_dir) as reuse:
             assert reuse.services["ingest"].owned is False
             assert reuse.addresses() == stack.addresses()
+        test_models_env = {**os.environ, "NLFPIPE_TEST_MODELS": "1"}
+        with pytest.raises(StackMismatch, match="runs the real models, this run asks for gen"):
+            LocalStack(["ingest"], state_dir=state_dir, env=test_models_env).start()
+        recorded = json.loads((state_dir / "stack.json").read_text())["services"]["ingest"]
+        assert recorded["models"]["test_models"] is False
         assert health_status(stack.addresses()["ingest"]) == "SERVING", "reused, not stopped"
         assert stop_recorded(state_dir) == ["ingest"]
         assert stack.services["ingest"].popen.wait(10) == 0
@@ -74,13 +85,15 @@ def test_model_not_ready_reason_is_read_from_the_json_log(tmp_path):
     log = tmp_path / "pose.log"
     reason = "model 'nlf-l' is not ready: missing /cache/nlf-l/x.torchscript. Run `nlfpipe ...`"
     log.write_text(
-        json.dumps({"event": "listening", "port": 1}) + "\n"
-        + json.dumps({"event": "model not ready", "reason": reason}) + "\n"
+        json.dumps({"event": "listening", "port": 1})
+        + "\n"
+        + json.dumps({"event": "model not ready", "reason": reason})
+        + "\n"
     )
     assert _model_not_ready_reason(str(log)) == reason
     message = str(ModelsMissing({"pose": reason}))
-    assert "pose: model 'nlf-l' is not ready" in message
-    assert "nlfpipe models fetch" in message and "--test-models" in message
+    assert "  pose:\n    - model 'nlf-l' is not ready" in message
+    assert "nlfpipe models list" in message and "RUN_ARGS=--test-models" in message
 
 
 def _run_args(**overrides) -> argparse.Namespace:
@@ -112,17 +125,33 @@ def test_cli_refuses_a_bad_parameter_before_starting_anything(tmp_path, capsys):
     args = _run_args(video=str(video), argv=["--max-persons", "0", "--state-dir",
                                              str(tmp_path / "s")])  # fmt: skip
     assert cli._run(args) == 2
-    assert "max_persons" in capsys.readouterr().err
+    assert "invalid parameter --max-persons: must be -1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists(), "nothing may start for an invalid run"
 
 
+def test_cli_messages_name_the_flags_not_the_fields():
+    assert in_cli_terms("fov_deg: must be between 10 and 170") == (
+        "--fov: must be between 10 and 170"
+    )
+    assert in_cli_terms("rendering needs the render stage; use renderer='none'") == (
+        "rendering needs the render stage; use --renderer none"
+    )
+    assert in_cli_terms("use static_camera=true (--static-camera)").startswith(
+        "use --static-camera"
+    )
+    assert in_cli_terms("candidate_indices contains 5, but") == "--subjects contains 5, but"
+    assert in_cli_terms("nlf.num_aug: too many; the nlf_data folder") == (
+        "--num-aug: too many; the nlf_data folder"
+    )
+
+
 def test_result_files_are_named_by_stage_output_and_media_type():
-    assert cli.result_file_name("fitting", "fits", "application/x-nlfpipe-fits+npz") == (
+    assert result_file_name("fitting", "fits", "application/x-nlfpipe-fits+npz") == (
         "fitting-fits.npz"
     )
-    assert cli.result_file_name("ingest", "video", "video/mp4") == "ingest-video.mp4"
-    assert cli.result_file_name("tracking", "candidates_preview", "image/png").endswith(".png")
-    assert cli.result_file_name("x", "y", "application/octet-stream") == "x-y.bin"
+    assert result_file_name("ingest", "video", "video/mp4") == "ingest-video.mp4"
+    assert result_file_name("tracking", "candidates_preview", "image/png").endswith(".png")
+    assert result_file_name("x", "y", "application/octet-stream") == "x-y.bin"
 
 
 def test_missing_models_stop_the_start_with_the_files_and_fetch_commands(local_env):
@@ -133,6 +162,30 @@ def test_missing_models_stop_the_start_with_the_files_and_fetch_commands(local_e
     message = str(info.value)
     assert set(info.value.reasons) == {"pose", "fitting"}
     assert "nlf_l_multi_0.3.2.torchscript" in message
-    assert "`nlfpipe models fetch nlf-l`" in message
+    assert "`.venv/bin/nlfpipe models fetch nlf-l`" in message
+    assert "nlf-data" in message and "canonical_verts/smpl.npy" in message
+    assert "kid_template.npy" in message and "basicmodel_f_lbs_10_207_0_v1.1.0.pkl" in message
+    assert "make run VIDEO=<video> RUN_ARGS=--test-models" in message
     assert "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl" in message
     assert all(s.popen.poll() is not None for s in stack.services.values()), "services stopped"
+
+
+def test_a_stack_with_other_models_is_told_apart_from_this_run(tmp_path):
+    cache = tmp_path / "cache"
+    weights = cache / "nlf-l" / "nlf_l_multi_0.3.2.torchscript"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"first")
+    env = {"NLFPIPE_MODEL_CACHE": str(cache), "NLFPIPE_TEST_MODELS": "1"}
+    started = service_models("pose", env)
+    assert started["files"] == {
+        "nlf-l/nlf_l_multi_0.3.2.torchscript": hashlib.sha256(b"first").hexdigest()
+    }
+    assert models_difference(started, service_models("pose", env)) == []
+    real = service_models("pose", {**env, "NLFPIPE_TEST_MODELS": ""})
+    assert models_difference(started, real) == [
+        "the stack runs generated test models, this run asks for the real models"
+    ]
+    weights.write_bytes(b"second")
+    (difference,) = models_difference(started, service_models("pose", env))
+    assert difference.startswith("nlf-l/nlf_l_multi_0.3.2.torchscript: stack ")
+    assert models_difference(None, started)[0].startswith("the stack did not record its models")

@@ -10,6 +10,7 @@ from nlfpipe.render.v1 import render_pb2
 from orchestrator import cli
 from orchestrator.outcome import outcome_from_result
 from orchestrator.params import required_stages, validate_params
+from orchestrator.results import result_file_name
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_exports_become_outputs_named_by_file_and_keep_their_names_as_results():
     assert set(outcome.outputs) == {"camera_view_clip", "exports_scene.glb", "exports_track_2.bvh"}
     assert outcome.values["width"] == 64 and outcome.values["frame_count"] == 10
     names = {
-        cli.result_file_name("render", name, r.media_type) for name, r in outcome.outputs.items()
+        result_file_name("render", name, r.media_type) for name, r in outcome.outputs.items()
     }
     assert names == {
         "render-camera_view_clip.gif",

@@ -108,7 +108,7 @@ def test_subjects_by_index_and_by_point_fix_the_track_ids(video, tmp_path):
     [
         ({"init_time_seconds": 1.5}, InvalidInput, "outside the video"),
         ({"init_frame_index": 15}, InvalidInput, "outside the video"),
-        ({"select_points": ((WIDTH + 3.0, 10.0),)}, InvalidInput, "outside the frame"),
+        ({"select_points": ((WIDTH + 3.0, 10.0),)}, InvalidInput, "outside the 128x96 frame"),
         ({"select_points": ((2.0, 2.0),)}, InvalidInput, "on no person candidate"),
         ({"candidate_indices": (2,)}, InvalidInput, "has 2 candidates"),
         ({"passes": 0}, InvalidInput, "passes=0"),

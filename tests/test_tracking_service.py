@@ -96,7 +96,7 @@ def test_tracking_preview_only_writes_no_masks(synthetic, video_ref):
         (
             {"select_points": [common_pb2.ImagePoint(x=500, y=10)]},
             grpc.StatusCode.INVALID_ARGUMENT,
-            "outside the frame",
+            "outside the 96x64 frame",
         ),
     ],
 )

@@ -100,9 +100,9 @@ def test_select_by_points_in_video_pixels():
     ("kwargs", "message"),
     [
         ({"indices": [3]}, "init frame has 3 candidates"),
-        ({"points": [(95, 10)]}, "outside the frame"),
+        ({"points": [(95, 10)]}, r"outside the 90x60 frame \(x from 0 to 89, y from 0 to 59\)"),
         ({"points": [(30, 2)]}, "on no person candidate"),
-        ({"points": [(-1, 10)]}, "outside the frame"),
+        ({"points": [(-1, 10)]}, "outside the 90x60 frame"),
         ({"indices": [0], "points": [(10, 10)]}, "not both"),
         ({"indices": [0], "max_persons": 1}, "cannot be combined"),
     ],

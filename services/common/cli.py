@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -12,9 +13,18 @@ _PLUGIN_MODULES = ("services.common.models_cli", "orchestrator.cli")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Serves until stopped, then ends the process at once: the server has stopped and the
+    logs are flushed, and the interpreter's teardown (torch, gRPC threads) would take seconds
+    on a loaded machine while `nlfpipe run` waits for the service to exit."""
+    import logging
+
     from services.common.server import serve
 
-    return serve(args.stage, port=args.port, port_file=args.port_file)
+    code = serve(args.stage, port=args.port, port_file=args.port_file)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _health(args: argparse.Namespace) -> int:

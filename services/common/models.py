@@ -19,12 +19,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -99,17 +100,25 @@ def load_registry(path: Path = REGISTRY_PATH) -> dict[str, ModelEntry]:
     for name, spec in raw["models"].items():
         files = tuple(
             ModelFile(
-                name=f["name"], url=f.get("url"), sha256=f.get("sha256"),
-                sha256_prefix=f.get("sha256_prefix"), size_bytes=f.get("size_bytes"),
-                extract=tuple(f.get("extract") or ()), optional=bool(f.get("optional", False)),
+                name=f["name"],
+                url=f.get("url"),
+                sha256=f.get("sha256"),
+                sha256_prefix=f.get("sha256_prefix"),
+                size_bytes=f.get("size_bytes"),
+                extract=tuple(f.get("extract") or ()),
+                optional=bool(f.get("optional", False)),
                 notes=(f.get("notes") or "").strip(),
             )
             for f in spec["files"]
         )
         entries[name] = ModelEntry(
-            name=name, description=spec["description"], license=spec["license"].strip(),
-            files=files, used_by=tuple(spec.get("used_by") or ()),
-            license_url=spec.get("license_url", ""), registration=spec.get("registration"),
+            name=name,
+            description=spec["description"],
+            license=spec["license"].strip(),
+            files=files,
+            used_by=tuple(spec.get("used_by") or ()),
+            license_url=spec.get("license_url", ""),
+            registration=spec.get("registration"),
             instructions=(spec.get("instructions") or "").strip(),
         )
     return entries
@@ -138,18 +147,34 @@ def model_path(name: str, settings: Settings) -> Path:
     return folder
 
 
-def fetch_command(name: str) -> str:
-    return f"nlfpipe models fetch {name}"
+def cli_program() -> str:
+    """How to type the `nlfpipe` command from here: `.venv/bin/nlfpipe` when it is not on PATH."""
+    program = Path(sys.executable).with_name("nlfpipe")
+    on_path = shutil.which("nlfpipe")
+    if on_path and Path(on_path).resolve() == program.resolve():
+        return "nlfpipe"
+    if not program.exists():
+        return "nlfpipe"
+    try:
+        return str(program.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(program.absolute())
+
+
+def fetch_command(*names: str) -> str:
+    return f"{cli_program()} models fetch {' '.join(names)}"
 
 
 def push_command(name: str) -> str:
     """The command that fills the store's copy of a model (fetching it first when needed)."""
-    return f"nlfpipe models fetch {name} --to-store"
+    return f"{cli_program()} models fetch {name} --to-store"
 
 
 def _how_to_get(entry: ModelEntry, settings: Settings) -> str:
     if entry.manual:
-        return f"{entry.instructions} (licence: {entry.registration})"
+        files = ", ".join(f.name + (" (optional)" if f.optional else "") for f in entry.files)
+        instructions = entry.instructions.replace("`nlfpipe ", f"`{cli_program()} ")
+        return f"{instructions} The files: {files} (licence: {entry.registration})"
     return f"Run `{fetch_command(entry.name)}` (with NLFPIPE_MODEL_CACHE={settings.model_cache})"
 
 
@@ -159,31 +184,63 @@ def _not_ready(entry: ModelEntry, settings: Settings, problem: str) -> ModelNotR
     )
 
 
+def model_problems(name: str, settings: Settings) -> list[str]:
+    """Every missing or corrupt file of a model in the local cache (empty: it is usable)."""
+    entry = get_entry(name)
+    folder = settings.model_cache / name
+    problems = [
+        f"file {rel!r} is missing (expected at {folder / rel})"
+        for rel in entry.required_paths()
+        if not (folder / rel).is_file()
+    ]
+    problems += (
+        [
+            f"optional file {f.name!r} is missing (expected at {folder / f.name})"
+            for f in entry.files
+            if f.optional and not f.extract and not (folder / f.name).is_file()
+        ]
+        if problems
+        else []
+    )
+    for f in entry.files:
+        path = folder / f.name
+        if f.extract or not path.is_file():
+            continue
+        if problem := check_file(path, f, use_cache=True):
+            problems.append(f"{path} is corrupt: {problem}")
+    return problems
+
+
 def require_model(name: str, settings: Settings) -> Path:
     """Checks that a model is in the cache and intact, and returns ``model_path(name)``.
 
-    Raises ``ModelNotReady`` naming the missing or corrupt file, its expected path and the
+    Raises ``ModelNotReady`` naming every missing or corrupt file, its expected path and the
     command that gets it. Never downloads from the internet; with
     ``settings.model_source == "store"`` it first copies files missing from the local cache
     out of the artifact store (``pull_model``). The sha256 (where the registry pins one) is
     read from the hash cache when the file's size and mtime are unchanged.
     """
-    entry = get_entry(name)
-    folder = settings.model_cache / name
-    if settings.model_source == "store":
-        pull_model(name, settings)
-    for rel in entry.required_paths():
-        if not (folder / rel).is_file():
-            problem = f"file {rel!r} is missing (expected at {folder / rel})"
-            raise _not_ready(entry, settings, problem)
-    for f in entry.files:
-        path = folder / f.name
-        if f.extract or not path.is_file():
-            continue
-        problem = check_file(path, f, use_cache=True)
-        if problem:
-            raise _not_ready(entry, settings, f"{path} is corrupt: {problem}")
-    return model_path(name, settings)
+    return require_models([name], settings)[0]
+
+
+def require_models(names: Iterable[str], settings: Settings) -> list[Path]:
+    """`require_model` for several models at once: one ``ModelNotReady`` lists the problems of
+    every model (a stage that needs two models names both when both are missing)."""
+    names = list(names)
+    messages = []
+    for name in names:
+        entry = get_entry(name)
+        if settings.model_source == "store":
+            try:
+                pull_model(name, settings)
+            except ModelNotReady as err:
+                messages.append(str(err))
+                continue
+        if problems := model_problems(name, settings):
+            messages.append(str(_not_ready(entry, settings, "; ".join(problems))))
+    if messages:
+        raise ModelNotReady(" | ".join(messages))
+    return [model_path(name, settings) for name in names]
 
 
 def _hash_cache_path(path: Path) -> Path:
@@ -321,8 +378,14 @@ def fetch_model(
     return model_path(name, settings)
 
 
-def _download(spec: ModelFile, final: Path, *, attempts: int, timeout_s: float,
-              on_progress: Callable[[str, int, int | None], None] | None) -> None:
+def _download(
+    spec: ModelFile,
+    final: Path,
+    *,
+    attempts: int,
+    timeout_s: float,
+    on_progress: Callable[[str, int, int | None], None] | None,
+) -> None:
     partial = final.with_name(final.name + ".part")
     last_error: Exception | None = None
     for attempt in range(attempts):
@@ -330,8 +393,14 @@ def _download(spec: ModelFile, final: Path, *, attempts: int, timeout_s: float,
             _download_once(spec, partial, timeout_s, on_progress)
             break
         except (OSError, http.client.HTTPException) as e:
-            if isinstance(e, urllib.error.HTTPError) and e.code not in (408, 429, 500, 502, 503,
-                                                                        504):
+            if isinstance(e, urllib.error.HTTPError) and e.code not in (
+                408,
+                429,
+                500,
+                502,
+                503,
+                504,
+            ):
                 raise ModelFetchError(f"{spec.url}: HTTP {e.code} {e.reason}") from e
             last_error = e
             log.warning("download of %s interrupted (%s); resuming", spec.name, e)
@@ -355,8 +424,12 @@ def _download(spec: ModelFile, final: Path, *, attempts: int, timeout_s: float,
         log.warning("%s has no sha256 in the registry; it was %s on fetch", spec.name, digest)
 
 
-def _download_once(spec: ModelFile, partial: Path, timeout_s: float,
-                   on_progress: Callable[[str, int, int | None], None] | None) -> None:
+def _download_once(
+    spec: ModelFile,
+    partial: Path,
+    timeout_s: float,
+    on_progress: Callable[[str, int, int | None], None] | None,
+) -> None:
     have = partial.stat().st_size if partial.exists() else 0
     if spec.size_bytes is not None and have == spec.size_bytes:
         return
@@ -501,8 +574,9 @@ def _not_in_store(
     )
 
 
-def _pull_file(name: str, store: ArtifactStore, info: ArtifactInfo, final: Path,
-               spec: ModelFile | None) -> None:
+def _pull_file(
+    name: str, store: ArtifactStore, info: ArtifactInfo, final: Path, spec: ModelFile | None
+) -> None:
     """Downloads one stored file to a unique ``.part`` beside ``final``; renames it once checked."""
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, part_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
@@ -515,8 +589,8 @@ def _pull_file(name: str, store: ArtifactStore, info: ArtifactInfo, final: Path,
         if problem:
             raise ModelNotReady(
                 f"model {name!r}: the store's copy {info.uri} was rejected ({problem}); nothing "
-                f"was written to {final}. Replace it with `nlfpipe models push {name}` from an "
-                f"intact local cache, or `{push_command(name)}`"
+                f"was written to {final}. Replace it with `{cli_program()} models push {name}` "
+                f"from an intact local cache, or `{push_command(name)}`"
             )
         part.chmod(0o644)  # mkstemp made it private; other services may share the cache
         os.replace(part, final)
@@ -528,8 +602,9 @@ def _pull_file(name: str, store: ArtifactStore, info: ArtifactInfo, final: Path,
     log.info("copied %s from the model store to %s", info.uri, final)
 
 
-def _pulled_problem(size: int, actual: str, info: ArtifactInfo,
-                    spec: ModelFile | None) -> str | None:
+def _pulled_problem(
+    size: int, actual: str, info: ArtifactInfo, spec: ModelFile | None
+) -> str | None:
     """None when a pulled file matches the store's recorded sha256 and the registry's pins."""
     if not info.sha256:
         return "the store recorded no sha256 for it"
@@ -547,8 +622,8 @@ def _pulled_problem(size: int, actual: str, info: ArtifactInfo,
 
 
 def store_state(name: str, store: ArtifactStore) -> str:
-    """"stored" when every required file of the model is in the store, "partial" when some
-    are, else "missing"."""
+    """`stored` when every required file of the model is in the store, `partial` when some
+    are, else `missing`."""
     keys = set(store.list(f"{STORE_PREFIX}/{name}/"))
     required = [store_key(name, rel) for rel in get_entry(name).required_paths()]
     found = sum(key in keys for key in required)

@@ -22,8 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch = sub.add_parser("fetch", help="download models into the cache (resumes, checks sha256)")
     fetch.add_argument("names", nargs="*", metavar="NAME", help="models to fetch")
     fetch.add_argument("--all", action="store_true", help="every model of the registry")
-    fetch.add_argument("--to-store", action="store_true",
-                       help="then upload the files to the artifact store (models/NAME/)")
+    fetch.add_argument(
+        "--to-store",
+        action="store_true",
+        help="then upload the files to the artifact store (models/NAME/)",
+    )
     fetch.set_defaults(func=_fetch)
 
     push = sub.add_parser("push", help="upload cached models to the artifact store (models/NAME/)")
@@ -76,6 +79,9 @@ def _store_if_configured(settings: Settings) -> ArtifactStore | None:
 def _list(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = _store_if_configured(settings)
+    if not args.json:
+        stored = f"{'store':<14} " if store else ""
+        print(f"{'model':<11} {'state':<8} {stored}{'used by':<22} {'how to get it':<22} licence")
     for name, entry in sorted(models.load_registry().items()):
         row = {
             "name": name,
@@ -92,8 +98,10 @@ def _list(args: argparse.Namespace) -> int:
         else:
             how = "manual (registration)" if entry.manual else "fetch"
             stored = f"store:{row['store']:<8} " if store else ""
-            print(f"{name:<11} {row['state']:<8} {stored}{','.join(entry.used_by):<22} "
-                  f"{how:<22} {entry.license}")
+            print(
+                f"{name:<11} {row['state']:<8} {stored}{','.join(entry.used_by):<22} "
+                f"{how:<22} {entry.license}"
+            )
     return 0
 
 
@@ -130,8 +138,10 @@ def _push_one(name: str, settings: Settings) -> bool:
         print(f"{name}: NOT UPLOADED: {e}", file=sys.stderr)
         return False
     for info in infos:
-        print(f"{name}: uploaded {info.uri} ({info.size_bytes} bytes, sha256 {info.sha256})",
-              file=sys.stderr)
+        print(
+            f"{name}: uploaded {info.uri} ({info.size_bytes} bytes, sha256 {info.sha256})",
+            file=sys.stderr,
+        )
     return True
 
 

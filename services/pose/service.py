@@ -64,8 +64,7 @@ class PoseModels:
             return self._loaded[name]
 
     def _load(self, name: str) -> LoadedModel:
-        path = models.require_model(name, self.settings)
-        data_dir = models.require_model("nlf-data", self.settings)
+        path, data_dir = models.require_models([name, "nlf-data"], self.settings)
         canonical, num_vertices = load_canonical_points(data_dir)
         module = load_torchscript(path, self.device)
         nlf = NlfModel(module, canonical, num_vertices, self.device, fp16=self.fp16)

@@ -4,7 +4,7 @@ the non-learned synthetic test backend (NLFPIPE_TRACKING_BACKEND=synthetic)."""
 from collections.abc import Mapping
 
 from services.common.identity import ModelIdentity, registry_files
-from services.common.models import require_model
+from services.common.models import require_models
 from services.common.settings import Settings, env_choice, resolve_device
 from services.tracking.detection import MaskRCNNDetector
 from services.tracking.pipeline import TrackingBackend
@@ -40,8 +40,7 @@ def load_backend(settings: Settings, name: str) -> TrackingBackend:
     """Loads the backend's models from the model cache (ModelNotReady when missing)."""
     if name == "synthetic":
         return synthetic_backend()
-    maskrcnn_path = require_model("maskrcnn", settings)
-    stcn_path = require_model("stcn", settings)
+    maskrcnn_path, stcn_path = require_models(["maskrcnn", "stcn"], settings)
     device = resolve_device(settings)
     detector = MaskRCNNDetector.load(maskrcnn_path, device)
     network = load_stcn(stcn_path, device)

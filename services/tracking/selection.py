@@ -108,7 +108,11 @@ def _candidate_under_point(
     height, width = candidates[0].mask.shape
     col, row = math.floor(x * scale[0]), math.floor(y * scale[1])
     if not (0 <= col < width and 0 <= row < height):
-        raise InvalidInput(f"select point ({x:g}, {y:g}) lies outside the frame")
+        frame_w, frame_h = round(width / scale[0]), round(height / scale[1])
+        raise InvalidInput(
+            f"select point ({x:g}, {y:g}) lies outside the {frame_w}x{frame_h} frame "
+            f"(x from 0 to {frame_w - 1}, y from 0 to {frame_h - 1})"
+        )
     hits = [c for c in candidates if c.mask.to_array()[row, col]]
     if not hits:
         raise InvalidInput(
