@@ -6,16 +6,24 @@ parameter types at run time, and UI-triggered runs with pydantic parameters brea
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.input import RunInput
-from pydantic import BaseModel, Field
+from prefect.runtime import deployment
+from prefect.states import Failed, State
+from pydantic import BaseModel, Field, create_model
 
 from orchestrator import stage_tasks
+from orchestrator.artifacts import (
+    candidates_markdown,
+    results_markdown,
+    results_prefix,
+    run_folder_name,
+)
 from orchestrator.params import (
     AVAILABLE_STAGES,
     NlfOptions,
@@ -27,28 +35,74 @@ from orchestrator.params import (
     VideoParams,
     validate_params,
 )
+from orchestrator.run_names import process_video_run_name
 from orchestrator.summary import RunSummary, markdown, people_in
-from orchestrator.tasks import GPU_STAGES, GPU_TAG_PREFIX, admitted
+from orchestrator.tasks import GPU_STAGES, GPU_TAG_PREFIX, StageCallError, admitted
 
 
 class SubjectChoice(RunInput):
-    """Typed input the UI asks for when the run pauses for subject selection."""
+    """The people to track, typed in the Resume dialog when the run pauses."""
 
     indices: list[int] = Field(
         default_factory=list,
-        description="Candidate numbers to track (as in the preview), e.g. [0, 2]. Empty: all.",
+        title="People to track",
+        description="The numbers shown on the candidates image, e.g. 0 and 2. Empty: everyone.",
     )
 
 
-@flow(name="process-video", flow_run_name="{params.video}", validate_parameters=True)
+def subject_choice_form(candidates: int) -> type[SubjectChoice]:
+    """The Resume form, its numbers limited to 0..candidates-1 (the UI refuses others)."""
+    if candidates <= 0:
+        return SubjectChoice
+    number = Annotated[int, Field(ge=0, le=candidates - 1)]
+    return create_model(
+        "SubjectChoice",
+        __base__=SubjectChoice,
+        indices=(
+            list[number],
+            Field(default_factory=list, title="People to track",
+                  description=f"Numbers from the image, 0 to {candidates - 1}. Empty: everyone.",
+                  json_schema_extra={"uniqueItems": True}),
+        ),
+    )  # fmt: skip
+
+
+def not_candidates(indices: list[int], candidates: int) -> str:
+    """Why a choice is refused ("" when it is fine)."""
+    if len(set(indices)) != len(indices):
+        return f"each number once, please: {indices} repeats one"
+    bad = [i for i in indices if not 0 <= i < candidates]
+    if bad and candidates:
+        return f"{', '.join(map(str, bad))}: not a candidate; choose from 0 to {candidates - 1}"
+    return ""
+
+
+@flow(name="process-video", flow_run_name=process_video_run_name, validate_parameters=True)
 def process_video(params: VideoParams) -> RunSummary:
     """Runs one video through ingest, tracking (with semseg and slam for a moving camera), pose
     and fitting, interpolation when the frame rate is doubled, and render; returns the
     summary."""
+    try:
+        return _process_video(params)
+    except (ParameterError, StageCallError) as err:
+        return _failed(err)
+
+
+def _failed(err: Exception) -> State:
+    """One clean ERROR line for a parameter or stage error; the traceback at DEBUG."""
+    logger = get_run_logger()
+    what = "invalid parameter" if isinstance(err, ParameterError) else "stage failed"
+    logger.error("%s: %s", what, err)
+    logger.debug("%s", what, exc_info=err)
+    return Failed(message=f"{what}: {err}", data=err)
+
+
+def _process_video(params: VideoParams) -> RunSummary:
     started = time.monotonic()
     logger = get_run_logger()
-    params = _checked(params)
+    params = validate_params(params)
     outcomes = []
+    waiting_s = 0.0
 
     source = stage_tasks.resolve_source(params)
     ingest = stage_tasks.ingest_video(params, source)
@@ -65,7 +119,7 @@ def process_video(params: VideoParams) -> RunSummary:
     if selection.in_ui:
         preview = admitted(stage_tasks.preview_candidates, "tracking")(params, ingest, init_frame)
         outcomes.append(preview.model_copy(update={"stage": "tracking-preview"}))
-        selection = _ask_for_subjects(preview)
+        selection, waiting_s = ask_for_subjects(preview)
 
     # The doubled video needs only the ingested video: it runs alongside tracking and pose.
     interpolation = (
@@ -109,32 +163,33 @@ def process_video(params: VideoParams) -> RunSummary:
         frames=probe.frame_count,
         fps_factor=fps_factor,
         wall_seconds=time.monotonic() - started,
+        waiting_seconds=waiting_s,
     )
     return publish_summary(summary)
 
 
-def _checked(params: VideoParams) -> VideoParams:
-    try:
-        return validate_params(params)
-    except ParameterError as err:
-        get_run_logger().error("invalid parameters: %s", err)
-        raise
-
-
-def _ask_for_subjects(preview) -> SubjectSelection:
-    """Pauses the run until someone types candidate indices in the UI; returns the selection."""
+def ask_for_subjects(preview) -> tuple[SubjectSelection, float]:
+    """Pauses the run until someone chooses candidates in the Resume dialog (which shows the
+    numbered image and a table of them); asks again, with the error, for a number that is not
+    a candidate. Returns the selection and the seconds spent waiting."""
     logger = get_run_logger()
-    candidates = stage_tasks.candidate_count(preview)
-    stage_tasks.show_candidates(preview)
-    logger.info("waiting for subject selection in the UI (%d candidates)", candidates)
-    choice = _pause_for(SubjectChoice)
-    bad = [i for i in choice.indices if not 0 <= i < max(candidates, 1)]
-    if candidates and bad:
-        raise ParameterError(
-            "subjects.indices", f"{bad} are not candidates; choose from 0..{candidates - 1}"
+    candidates, image_link = stage_tasks.show_candidates(preview)
+    count = len(candidates.get("candidates", [])) or stage_tasks.candidate_count(preview)
+    logger.info("waiting for subject selection in the UI (%d candidates)", count)
+    waited, error = 0.0, ""
+    while True:
+        form = subject_choice_form(count).with_initial_data(
+            description=candidates_markdown(candidates, image_link, error)
         )
+        started = time.monotonic()
+        choice = _pause_for(form)
+        waited += time.monotonic() - started
+        error = not_candidates(choice.indices, count)
+        if not error:
+            break
+        logger.warning("subject selection refused (%s); asking again", error)
     logger.info("subjects chosen in the UI: %s", choice.indices or "all")
-    return SubjectSelection(indices=choice.indices)
+    return SubjectSelection(indices=choice.indices), waited
 
 
 def _pause_for(model: type[RunInput]) -> RunInput:
@@ -147,9 +202,15 @@ def _pause_for(model: type[RunInput]) -> RunInput:
 def publish_summary(summary: RunSummary) -> RunSummary:
     """Writes the summary JSON to the store and the summary artifacts to Prefect."""
     summary.summary_uri = stage_tasks.store_summary(summary)
-    links = stage_tasks.browser_links(summary.outputs())
+    copy_to = results_prefix(run_folder_name(summary.video)) if deployment.get_id() else None
+    results = results_markdown(stage_tasks.publish_results(summary, copy_to))
     create_markdown_artifact(
-        markdown=markdown(summary, links),
+        markdown=results,
+        key=_artifact_key("run-results", summary.video),
+        description=f"Results of {summary.video}: a link per output",
+    )
+    create_markdown_artifact(
+        markdown=markdown(summary, results),
         key=_artifact_key("run-summary", summary.video),
         description=f"nlfpipe run of {summary.video}",
     )
