@@ -39,7 +39,8 @@ def browser_link(store: ArtifactStore, uri: str, file_name: str = "") -> str | N
             return None
     base = os.environ.get(STORE_HTTP_ENV, "").rstrip("/")
     if isinstance(store, LocalFolderStore) and base:
-        query = f"?name={quote(file_name)}" if file_name else ""
+        named = file_name and file_name != key.rpartition("/")[2]
+        query = f"?name={quote(file_name)}" if named else ""
         return f"{base}/{quote(key)}{query}"
     return None
 

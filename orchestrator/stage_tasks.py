@@ -394,6 +394,8 @@ def publish_results(summary: RunSummary, copy_to: str | None) -> list[dict]:
     store = flow_store()
     rows = []
     for stage in summary.stages:
+        if stage.stage.endswith("-preview"):  # its outputs are the tracking stage's too
+            continue
         for name, ref in stage.outputs.items():
             file_name = result_file_name(stage.stage, name, ref.media_type)
             uri = ref.uri

@@ -144,7 +144,7 @@ def test_results_are_copied_under_the_results_prefix_with_file_names(served, mon
     assert [r["file"] for r in rows] == ["render-camera_view.mp4", "render-exports_scene.glb"]
     assert rows[0]["label"] == "Camera-view video of the meshes"
     name = "render-camera_view.mp4"
-    assert rows[0]["link"] == f"{url}/results/walk/{name}?name={name}"
+    assert rows[0]["link"] == f"{url}/results/walk/{name}"
     assert store.get_bytes("results/walk/render-camera_view.mp4") == b"v" * 2500
     table = results_markdown(rows)
     assert f"| Camera-view video of the meshes | [{name}]({rows[0]['link']}) | 2.5 KB |" in table
