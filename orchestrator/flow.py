@@ -6,7 +6,7 @@ parameter types at run time, and UI-triggered runs with pydantic parameters brea
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,7 +15,7 @@ from prefect.futures import as_completed
 from prefect.input import RunInput
 from prefect.runtime import deployment
 from prefect.states import Failed, State
-from pydantic import BaseModel, Field, create_model
+from pydantic import Field, create_model
 
 from orchestrator import stage_tasks
 from orchestrator.artifacts import (
@@ -26,11 +26,8 @@ from orchestrator.artifacts import (
 )
 from orchestrator.params import (
     AVAILABLE_STAGES,
-    NlfOptions,
+    BatchOptions,
     ParameterError,
-    Renderer,
-    ScaleSource,
-    SlamBackend,
     SubjectSelection,
     VideoParams,
     validate_params,
@@ -81,7 +78,11 @@ def not_candidates(indices: list[int], candidates: int) -> str:
 def process_video(params: VideoParams) -> RunSummary:
     """Runs one video through ingest, tracking (with semseg and slam for a moving camera), pose
     and fitting, interpolation when the frame rate is doubled, and render; returns the
-    summary."""
+    summary.
+
+    Args:
+        params: The video and how to process it.
+    """
     try:
         return _process_video(params)
     except (ParameterError, StageCallError) as err:
@@ -238,23 +239,6 @@ def _artifact_key(prefix: str, video: str) -> str:
     return f"{prefix}-{stem[:40] or 'video'}"
 
 
-class BatchOptions(BaseModel):
-    """The options shared by every video of a batch (everything of VideoParams but the video)."""
-
-    time_range: str | None = None
-    seg_init_time: str | None = None
-    max_persons: int = -1
-    subjects: SubjectSelection = Field(default_factory=SubjectSelection)
-    static_camera: bool = False
-    fov_deg: float | None = None
-    slam_backend: SlamBackend = "auto"
-    scale_source: ScaleSource = "auto"
-    fps_factor: Literal[1, 2] | None = None
-    nlf: NlfOptions = Field(default_factory=NlfOptions)
-    renderer: Renderer = "opengl"
-    force: bool = False
-
-
 @task(name="video", persist_result=False, cache_policy=NO_CACHE)
 def _video_subflow(params: VideoParams) -> RunSummary:
     return process_video(params)
@@ -262,20 +246,28 @@ def _video_subflow(params: VideoParams) -> RunSummary:
 
 @flow(name="process-videos", validate_parameters=True)
 def process_videos(
-    videos: list[str] | None = None,
-    folder: str | None = None,
-    store_prefix: str | None = None,
-    options: BatchOptions | None = None,
-    max_concurrent_videos: int = 2,
-    gpu_slots_per_service: int = 1,
+    videos: list[str] = [],  # noqa: B006 - never mutated; a plain list keeps the form simple
+    folder: str = "",
+    store_prefix: str = "",
+    options: BatchOptions = BatchOptions(),  # noqa: B008 - an immutable-by-use default
+    max_concurrent_videos: Annotated[int, Field(ge=1, le=64)] = 2,
+    gpu_slots_per_service: Annotated[int, Field(ge=1, le=16)] = 1,
 ) -> list[RunSummary]:
     """Runs many videos (a list, a folder, or a store prefix), each as a process-video subflow.
 
     GPU stages carry a tag per service with a concurrency limit of `gpu_slots_per_service`,
     so concurrent videos queue for a GPU service instead of oversubscribing it.
+
+    Args:
+        videos: Video paths, URLs, YouTube ids or stored objects, one per entry.
+        folder: A folder on the worker: every video file in it (and below) is processed.
+        store_prefix: Every video stored under this prefix (e.g. s3://bucket/uploads/).
+        options: The options of every video (as in the single-video form).
+        max_concurrent_videos: How many videos run at the same time.
+        gpu_slots_per_service: How many calls each GPU service takes at a time.
     """
     logger = get_run_logger()
-    sources = stage_tasks.list_videos(videos or [], folder, store_prefix)
+    sources = stage_tasks.list_videos(list(videos or []), folder or None, store_prefix or None)
     options = options or BatchOptions()
     if max_concurrent_videos < 1:
         raise ParameterError("max_concurrent_videos", "must be at least 1")

@@ -188,3 +188,52 @@ def test_a_stage_without_a_service_fails_in_seconds_naming_the_address(monkeypat
     message = str(failed.value)
     assert "no pose service answers at 127.0.0.1:9" in message
     assert "POSE_ADDR is not set" in message and "nlfpipe stack up" in message
+
+
+def _walk(schema: dict):
+    """Every (name, property schema) of a parameter schema, nested models included."""
+    for definition in [schema, *schema.get("definitions", {}).values()]:
+        yield from definition.get("properties", {}).items()
+
+
+@pytest.mark.parametrize("flow_fn", ["process_video", "process_videos"])
+def test_the_run_forms_speak_to_people_and_constrain_values(flow_fn):
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(getattr(flow_module, flow_fn)).model_dump()
+    text = str(schema)
+    for jargon in ("run_all", "NlfOptions", "SubjectSelection", "reference"):
+        assert jargon not in str([p.get("title", "") + p.get("description", "")
+                                  for _, p in _walk(schema)]), jargon  # fmt: skip
+    props = dict(_walk(schema))
+    assert "anyOf" not in text, "optional fields must be typeable without a type tab"
+    assert props["time_range"]["default"] == "" and "pattern" in props["time_range"]
+    assert props["seg_init_time"]["title"] == "Tracking start time"
+    assert props["fov_deg"]["title"] == "Field of view (degrees)"
+    assert (props["fov_deg"]["minimum"], props["fov_deg"]["exclusiveMaximum"]) == (0, 179)
+    assert props["in_ui"]["title"] == "Select subjects in the UI"
+    assert props["fps_factor"]["enum"] == [0, 1, 2]
+    assert props["renderer"]["enum"] == ["opengl", "none"]
+    assert props["num_aug"]["maximum"] == 20 and props["max_persons"]["minimum"] == -1
+    definitions = schema["definitions"]
+    for definition in definitions.values():  # a reference's title is its definition's
+        for name, prop in definition["properties"].items():
+            title = prop.get("title") or definitions[prop["$ref"].rsplit("/", 1)[1]]["title"]
+            assert title[0].isupper() or name in {"x", "y"}, (name, title)
+    assert definitions["SubjectSelection"]["title"] == "Subjects"
+    assert definitions["NlfOptions"]["title"] == "Pose model"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("", True), ("00:45-01:25", True), ("5-7.5", True), ("1:02:03-1:02:09", True),
+     ("00:45", False), ("a-b", False), ("1-2-3", False)],
+)  # fmt: skip
+def test_the_time_range_pattern_agrees_with_the_parser(value, ok):
+    import re
+
+    from orchestrator.params import TIME_RANGE_PATTERN, parse_time_range
+
+    assert bool(re.match(TIME_RANGE_PATTERN, value)) is ok
+    if ok and value:
+        parse_time_range(value)
