@@ -26,6 +26,7 @@ from orchestrator.stack import StackError, _pid_alive, _tail
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 LOCAL_POOL = "nlfpipe-local"
+WORKER_NAME = "nlfpipe-stack"
 #: Environment variables of the stack that flow runs need (besides the `<STAGE>_ADDR`s).
 _RUN_ENV_PREFIXES = ("NLFPIPE_", "SMPLFITTER_")
 
@@ -74,12 +75,8 @@ def deploy_local(run_env: Mapping[str, str]) -> list[str]:
     `run_env` (so any worker of the pool reaches the stack); returns `flow/deployment` names.
     Runs against the current Prefect settings (see `prefect_api`)."""
     from prefect import Flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
 
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_work_pool(WorkPoolCreate(name=LOCAL_POOL, type="process"))
+    create_local_pool()
     names = []
     for spec in local_deployments():
         flow = Flow.from_source(source=str(REPO_ROOT), entrypoint=spec["entrypoint"])
@@ -110,12 +107,19 @@ def prefect_api(api_url: str):
         yield
 
 
-def start_worker(api_url: str, run_env: Mapping[str, str], state_dir: Path,
-                 timeout_s: float = 60.0) -> dict:  # fmt: skip
-    """Starts `prefect worker start --pool nlfpipe-local` with the stack's environment; returns
-    its state entry once the pool sees it."""
+def create_local_pool() -> None:
+    """The `nlfpipe-local` process work pool (kept when it exists)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
 
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=LOCAL_POOL, type="process"))
+
+
+def start_worker(api_url: str, run_env: Mapping[str, str], state_dir: Path) -> dict:
+    """Starts `prefect worker start --pool nlfpipe-local` with the stack's environment; returns
+    its state entry (see `wait_worker`)."""
     env = {
         **os.environ, **run_env,
         "PREFECT_API_URL": api_url,
@@ -124,33 +128,43 @@ def start_worker(api_url: str, run_env: Mapping[str, str], state_dir: Path,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }  # fmt: skip
     prefect = str(Path(sys.executable).with_name("prefect"))
-    command = [prefect, "worker", "start", "--pool", LOCAL_POOL, "--name", "nlfpipe-stack"]
+    command = [prefect, "worker", "start", "--pool", LOCAL_POOL, "--name", WORKER_NAME]
     popen, log_path = _start_detached("prefect-worker", command, env, state_dir)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if popen.poll() is not None:
-            raise StackError(f"the Prefect worker exited; log: {log_path}\n{_tail(log_path)}")
-        with get_client(sync_client=True) as client:
-            workers = client.read_workers_for_work_pool(LOCAL_POOL)
-        if any(w.name == "nlfpipe-stack" for w in workers):
-            break
-        if time.monotonic() > deadline:
-            os.killpg(popen.pid, signal.SIGTERM)
-            raise StackError(f"the Prefect worker did not register in {timeout_s:.0f} s; "
-                             f"log: {log_path}\n{_tail(log_path)}")  # fmt: skip
-        time.sleep(0.5)
     return {"pid": popen.pid, "address": f"pool {LOCAL_POOL}", "log_path": str(log_path)}
 
 
+def wait_worker(entry: dict, timeout_s: float = 90.0) -> None:
+    """Waits until the worker has registered with the pool; StackError when it exits or not."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not _pid_alive(entry["pid"]):
+            raise StackError(
+                f"the Prefect worker exited; log: {entry['log_path']}\n{_tail(entry['log_path'])}"
+            )
+        with get_client(sync_client=True) as client:
+            workers = client.read_workers_for_work_pool(LOCAL_POOL)
+        if any(w.name == WORKER_NAME for w in workers):
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"the Prefect worker did not register in {timeout_s:.0f} s; "
+                             f"log: {entry['log_path']}\n{_tail(entry['log_path'])}")  # fmt: skip
+        time.sleep(0.5)
+
+
 def bring_up_ui(state_dir: Path, api_url: str, address_env: Mapping[str, str]) -> dict:
-    """Store HTTP server, work pool, deployments and worker; the state entries to record."""
+    """Store HTTP server, work pool, worker and deployments; the state entries to record."""
     store_root = Path(os.environ.get("NLFPIPE_STORE_ROOT", state_dir / "store")).resolve()
     entries: dict = {"store_http": start_store_http(store_root, state_dir)}
     try:
         run_env = run_environment(address_env, entries["store_http"]["address"])
         with prefect_api(api_url):
-            entries["deployments"] = deploy_local(run_env)
+            create_local_pool()
+            # The worker starts up while the deployments are made.
             entries["prefect_worker"] = start_worker(api_url, run_env, state_dir)
+            entries["deployments"] = deploy_local(run_env)
+            wait_worker(entries["prefect_worker"])
     except BaseException:
         for entry in entries.values():
             if isinstance(entry, dict) and _pid_alive(entry["pid"]):
