@@ -120,13 +120,15 @@ class LocalStack:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         reusable = running_services(self.state_dir)
         try:
+            to_spawn = []
             for stage in self.stages:
                 found = reusable.get(stage)
                 if found is not None and health_status(found.address, timeout_s=2.0) == "SERVING":
                     found.owned = False
                     self.services[stage] = found
                 else:
-                    self.services[stage] = self._spawn(stage, port=0)
+                    to_spawn.append(stage)
+            self._spawn_all(to_spawn)
             self._wait_all_serving()
         except BaseException:
             self.stop()
@@ -164,7 +166,22 @@ class LocalStack:
             self._supervisor.join(timeout=5)
 
     # processes -----------------------------------------------------------------------------
+    def _spawn_all(self, stages: list[str]) -> None:
+        """Starts the services side by side (their start-ups overlap); every one that started is
+        recorded (so that stop() finds it) before the first failure is raised."""
+        failure = None
+        for launched in [self._launch(stage, port=0) for stage in stages]:
+            try:
+                self.services[launched[0]] = self._bound(*launched)
+            except StackError as err:
+                failure = failure or err
+        if failure is not None:
+            raise failure
+
     def _spawn(self, stage: str, port: int) -> ServiceProcess:
+        return self._bound(*self._launch(stage, port))
+
+    def _launch(self, stage: str, port: int) -> tuple[str, subprocess.Popen, Path, Path]:
         port_file = self.state_dir / f"{stage}.port"
         port_file.unlink(missing_ok=True)
         log_path = self.state_dir / "logs" / f"{stage}.log"
@@ -178,6 +195,11 @@ class LocalStack:
                 start_new_session=True,
                 preexec_fn=None if self.detach else _stop_with_parent,
             )
+        return stage, popen, port_file, log_path
+
+    def _bound(
+        self, stage: str, popen: subprocess.Popen, port_file: Path, log_path: Path
+    ) -> ServiceProcess:
         bound = _read_port(port_file, popen, log_path, timeout_s=self.startup_timeout_s)
         return ServiceProcess(
             stage=stage,
