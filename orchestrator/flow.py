@@ -17,7 +17,7 @@ from prefect.runtime import deployment
 from prefect.states import Failed, State
 from pydantic import Field, create_model
 
-from orchestrator import stage_tasks
+from orchestrator import run_log, stage_tasks
 from orchestrator.artifacts import (
     candidates_markdown,
     results_markdown,
@@ -35,6 +35,8 @@ from orchestrator.params import (
 from orchestrator.run_names import process_video_run_name
 from orchestrator.summary import RunSummary, markdown, people_in
 from orchestrator.tasks import GPU_STAGES, GPU_TAG_PREFIX, StageCallError, admitted
+
+run_log.install()
 
 
 class SubjectChoice(RunInput):
@@ -106,7 +108,7 @@ def _process_video(params: VideoParams) -> RunSummary:
     waiting_s = 0.0
 
     source = stage_tasks.resolve_source(params)
-    ingest = stage_tasks.ingest_video(params, source)
+    ingest = admitted(stage_tasks.ingest_video, "ingest")(params, source)
     outcomes.append(ingest)
     probe = stage_tasks.probe_of(ingest)
     fps_factor = params.fps_factor or (1 if probe.fps > 40 else 2)
@@ -147,14 +149,16 @@ def _process_video(params: VideoParams) -> RunSummary:
     if cameras is not None and cameras.values.get("needs_people_scale"):
         cameras = admitted(stage_tasks.scale_cameras, "slam")(params, cameras, pose, probe)
         outcomes.append(cameras)
-    fitting = stage_tasks.fit_bodies(params, pose, cameras, fps_factor, probe)
+    fitting = admitted(stage_tasks.fit_bodies, "fitting")(params, pose, cameras, fps_factor, probe)
     outcomes.append(fitting)
     doubled = None
     if interpolation is not None:
         doubled = interpolation.result()
         outcomes.append(doubled)
     if params.renderer != "none":
-        render = stage_tasks.render_videos(params, ingest, fitting, doubled, fps_factor, probe)
+        render = admitted(stage_tasks.render_videos, "render")(
+            params, ingest, fitting, doubled, fps_factor, probe
+        )
         outcomes.append(render)
 
     summary = RunSummary(

@@ -14,7 +14,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from orchestrator import progress as progress_events
 from orchestrator.outcome import StageOutcome, outcome_from_result
@@ -108,12 +108,29 @@ def gpu_admission_enabled() -> bool:
     )  # fmt: skip
 
 
-def admitted(stage_task_fn, stage: str):
-    """The stage task with its GPU admission tag when admission is on, else as it is."""
+def admitted(stage_task_fn, stage: str) -> "StageCall":
+    """The stage task, with its GPU admission tag when admission is on, to call or submit."""
     tags = stage_tags(stage)
     if tags and gpu_admission_enabled():
-        return stage_task_fn.with_options(tags=tags)
-    return stage_task_fn
+        return StageCall(stage_task_fn.with_options(tags=tags))
+    return StageCall(stage_task_fn)
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """Calls a stage task; a stage error that ended it as Failed (see stage_task) is raised."""
+
+    task: object
+
+    def __call__(self, *args, **kwargs):
+        value = self.task(*args, **kwargs)
+        if isinstance(value, State):
+            value.result()  # raises the stage error the Failed state holds
+        return value
+
+    def submit(self, *args, **kwargs):
+        """A future whose result() raises a stage error, as Prefect's futures do."""
+        return self.task.submit(*args, **kwargs)
 
 
 @dataclass

@@ -237,3 +237,24 @@ def test_the_time_range_pattern_agrees_with_the_parser(value, ok):
     assert bool(re.match(TIME_RANGE_PATTERN, value)) is ok
     if ok and value:
         parse_time_range(value)
+
+
+def test_a_stage_error_state_is_raised_and_logged_once():
+    from prefect.states import Failed
+
+    from orchestrator.run_log import DropReportedTracebacks
+
+    error = tasks.StageCallError("ingest", "INVALID_ARGUMENT", "time_range starts past the end")
+    call = tasks.StageCall(lambda *a: Failed(message=str(error), data=error))
+    with pytest.raises(tasks.StageCallError, match="starts past the end"):
+        call("params")
+    assert tasks.StageCall(lambda x: x + 1)(1) == 2
+
+    def record(message: str, exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, message, (),
+                                 (type(exc), exc, None))  # fmt: skip
+
+    keep = DropReportedTracebacks().filter
+    assert not keep(record("Engine execution exited with unexpected exception", error))
+    assert keep(record("Engine execution exited with unexpected exception", KeyError("x")))
+    assert keep(record("stage failed: ingest failed", error))
