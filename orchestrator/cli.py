@@ -302,7 +302,9 @@ def print_summary(summary, folder: Path, console) -> None:
     console.print(table)
     console.print(
         f"people found: [bold]{summary.people_found}[/bold], frames: {summary.frames}, "
-        f"wall {summary.wall_seconds:.1f} s; results in [bold]{folder.resolve()}[/bold]"
+        f"compute {summary.compute_seconds:.1f} s, waiting for you "
+        f"{summary.waiting_seconds:.1f} s, wall {summary.wall_seconds:.1f} s; "
+        f"results in [bold]{folder.resolve()}[/bold]"
     )
 
 
