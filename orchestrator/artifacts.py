@@ -14,6 +14,7 @@ from urllib.parse import quote
 from services.common.store import ArtifactStore, LocalFolderStore, S3Store
 
 STORE_HTTP_ENV = "NLFPIPE_STORE_HTTP_URL"
+S3_PUBLIC_ENDPOINT_ENV = "NLFPIPE_S3_PUBLIC_ENDPOINT"
 LINK_EXPIRY_S = 7 * 24 * 3600
 RESULTS_PREFIX = "results"
 
@@ -31,7 +32,7 @@ def browser_link(store: ArtifactStore, uri: str, file_name: str = "") -> str | N
             else None
         )
         try:
-            return store.client.presigned_get_object(
+            return _signing_client(store).presigned_get_object(
                 store.bucket, key, expires=timedelta(seconds=LINK_EXPIRY_S),
                 response_headers=extra,
             )  # fmt: skip
@@ -43,6 +44,23 @@ def browser_link(store: ArtifactStore, uri: str, file_name: str = "") -> str | N
         query = f"?name={quote(file_name)}" if named else ""
         return f"{base}/{quote(key)}{query}"
     return None
+
+
+def _signing_client(store: S3Store):
+    """The client that signs browser links: the store's own, or one for the S3 endpoint as a
+    browser reaches it (`NLFPIPE_S3_PUBLIC_ENDPOINT`; signing needs no request to it)."""
+    public = os.environ.get(S3_PUBLIC_ENDPOINT_ENV, "").strip()
+    if not public:
+        return store.client
+    from minio import Minio
+
+    from services.common.settings import load_settings
+
+    settings = load_settings()
+    return Minio(
+        public, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
+        secure=settings.s3_secure, region=settings.s3_region or "us-east-1",
+    )  # fmt: skip
 
 
 def candidates_markdown(candidates: dict, image_link: str | None, error: str = "") -> str:

@@ -258,3 +258,21 @@ def test_a_stage_error_state_is_raised_and_logged_once():
     assert not keep(record("Engine execution exited with unexpected exception", error))
     assert keep(record("Engine execution exited with unexpected exception", KeyError("x")))
     assert keep(record("stage failed: ingest failed", error))
+
+
+def test_s3_links_are_presigned_for_the_endpoint_a_browser_reaches(s3_store, monkeypatch):
+    from urllib.parse import urlsplit
+
+    from tests.support.s3 import s3_env
+
+    endpoint = s3_store.client._base_url.host
+    for name, value in s3_env(endpoint, s3_store.bucket).items():
+        monkeypatch.setenv(name, value)
+    info = s3_store.put_bytes("results/walk/fitting-fits.npz", b"npz", "application/x-npz")
+    monkeypatch.delenv("NLFPIPE_S3_PUBLIC_ENDPOINT", raising=False)
+    link = browser_link(s3_store, info.uri, "fitting-fits.npz")
+    status, headers, body = _get(link)
+    assert (status, body) == (200, b"npz")
+    assert "fitting-fits.npz" in headers["Content-Disposition"]
+    monkeypatch.setenv("NLFPIPE_S3_PUBLIC_ENDPOINT", "127.0.0.1:9")
+    assert urlsplit(browser_link(s3_store, info.uri)).netloc == "127.0.0.1:9"
