@@ -29,6 +29,11 @@ FIGURES = 2
 
 
 def _chromium() -> str:
+    """The Debian package's Chromium (Playwright is pointed at it: nothing is downloaded)."""
+    try:
+        import playwright  # noqa: F401 - only checked for
+    except ImportError:
+        pytest.fail("Playwright is missing: `make setup` installs it (the `dev` extras)")
     path = shutil.which("chromium")
     if path is None:
         pytest.fail(
@@ -41,6 +46,7 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """`nlfpipe stack up` with test models on free ports; `stack down` afterwards."""
+    _chromium()  # before minutes of start-up
     root = tmp_path_factory.mktemp("ui")
     state = root / "state"
     port = free_port()
@@ -73,13 +79,13 @@ def _wait_state(client, run_id, done, timeout_s: float):
 
 
 def test_choose_people_in_the_resume_dialog_and_open_the_results(stack):
+    chromium = _chromium()
     from playwright.sync_api import sync_playwright
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    chromium = _chromium()
     with temporary_settings({PREFECT_API_URL: stack["api"]}), get_client(sync_client=True) as api:
         run = run_deployment(
             "process-video/process-video-local",
