@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--no-prefect", action="store_true", help="services only")
+    up.add_argument(
+        "--no-ui", action="store_true",
+        help="services and a Prefect server only: no store HTTP server, deployments or worker",
+    )  # fmt: skip
     up.add_argument("--test-models", action="store_true", help="use generated test models")
     up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     up.set_defaults(func=_stack_up)
@@ -225,19 +230,46 @@ def _stack_up(args: argparse.Namespace) -> int:
     configure_embedded_env(args.state_dir, test_models=args.test_models)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     stack = LocalStack(stages, state_dir=args.state_dir, detach=True)
-    try:
-        stack.start()
-    except StackError as err:
-        print(err, file=sys.stderr)
-        return 3
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as background:  # the Prefect server starts while services do
+        server = None if args.no_prefect else background.submit(
+            start_prefect_server, args.prefect_port, args.state_dir
+        )  # fmt: skip
+        try:
+            stack.start()
+            prefect = server.result() if server else None
+        except StackError as err:
+            stack.stop()
+            if server and server.exception() is None:
+                os.killpg(server.result()["pid"], signal.SIGTERM)
+            print(err, file=sys.stderr)
+            return 3
     extra = {"env": {k: v for k, v in os.environ.items() if k.startswith("NLFPIPE_")}}
-    if not args.no_prefect:
-        extra["prefect"] = start_prefect_server(args.prefect_port, args.state_dir)
+    if prefect:
+        extra["prefect"] = prefect
+        stack.write_state(extra)
+        if not args.no_ui:
+            from orchestrator.ui_stack import bring_up_ui
+
+            try:
+                extra.update(bring_up_ui(args.state_dir, extra["prefect"]["api_url"],
+                                         stack.address_env()))  # fmt: skip
+            except StackError as err:
+                from orchestrator.stack import stop_recorded
+
+                stop_recorded(args.state_dir)
+                print(f"{err}\nthe stack was stopped", file=sys.stderr)
+                return 3
     stack.write_state(extra)
     for stage, address in stack.addresses().items():
-        print(f"{stage:<13} {address}")
+        print(f"{stage:<15} {address}")
+    for name, entry in extra.items():
+        if isinstance(entry, dict) and entry.get("pid"):
+            print(f"{name.replace('_', '-'):<15} {entry.get('ui_url') or entry['address']}")
+    for name in extra.get("deployments", []):
+        print(f"deployment      {name}")
     if "prefect" in extra:
-        print(f"prefect UI    {extra['prefect']['ui_url']}")
         print(f"export PREFECT_API_URL={extra['prefect']['api_url']}")
     for name, value in stack.address_env().items():
         print(f"export {name}={value}")

@@ -254,6 +254,7 @@ def print_summary(summary, folder: Path, console, *, total_s: float) -> None:
     console.print(table)
     console.print(
         f"people found: [bold]{summary.people_found}[/bold], frames: {summary.frames}; "
-        f"wall: stages {summary.wall_seconds:.1f} s, total {total_s:.1f} s (start-up "
-        f"included); results in [bold]{folder.resolve()}[/bold]"
+        f"compute {summary.compute_seconds:.1f} s, waiting for you "
+        f"{summary.waiting_seconds:.1f} s; wall: stages {summary.wall_seconds:.1f} s, total "
+        f"{total_s:.1f} s (start-up included); results in [bold]{folder.resolve()}[/bold]"
     )

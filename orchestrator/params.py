@@ -1,19 +1,38 @@
 """The typed parameters of one pipeline run (the reference's run_all options, corrected).
 
+Titles, descriptions and constraints are written for the person filling in the Prefect UI's
+run form (the form refuses what the schema can tell is wrong); the docstrings of the models are
+their descriptions there, so they speak to users, not to developers.
+
 Everything a run needs is checked here, before any work starts: a bad value raises
 `ParameterError` naming the field, and options whose stages are not built yet are refused
 with a message that says so (never silently skipped).
 """
 
+import copy
 import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 _TIME = re.compile(r"^(?:(?:(\d+):)?(\d{1,2}):)?(\d+(?:\.\d+)?)$")
+_TIME_TEXT = r"\s*(?:(?:\d+:)?\d{1,2}:)?\d+(?:\.\d+)?\s*"
+#: What the form accepts as a time, and as a range (both may stay empty).
+TIME_PATTERN = rf"^(?:{_TIME_TEXT})?$"
+TIME_RANGE_PATTERN = rf"^(?:{_TIME_TEXT}-{_TIME_TEXT})?$"
+#: Fields whose None (from older callers and the CLI) means "the default".
+_NONE_MEANS_DEFAULT = ("time_range", "seg_init_time", "fov_deg", "fps_factor")
 
 #: "opengl": the render stage (headless OpenGL: camera-view and world-view videos, previews,
 #: exports); "none": no render stage. Rendering is the default: the videos are what people
@@ -69,28 +88,35 @@ def classify_video(video: str) -> VideoKind:
 
 
 class ImagePoint(BaseModel):
-    """A pixel position in the segmentation init frame (x right, y down)."""
+    """A point on the tracking start frame, in pixels (x to the right, y down)."""
 
-    model_config = ConfigDict(extra="forbid")
-    x: float = Field(ge=0, description="Horizontal pixel coordinate.")
-    y: float = Field(ge=0, description="Vertical pixel coordinate.")
+    model_config = ConfigDict(extra="forbid", title="Point")
+    x: float = Field(ge=0, title="x (pixels from the left)")
+    y: float = Field(ge=0, title="y (pixels from the top)")
 
 
 class SubjectSelection(BaseModel):
-    """Which of the people detected on the init frame to track. Empty: all (up to max_persons)."""
+    """Which of the people found on the tracking start frame to track; leave everything empty
+    to track all of them (up to "Most people to track")."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="Subjects")
+    in_ui: bool = Field(
+        default=False,
+        title="Select subjects in the UI",
+        description="Pause once the people are found and show them numbered; the run goes on "
+        "when you resume it with the numbers of the people to track.",
+    )
     indices: list[int] = Field(
         default_factory=list,
-        description="Candidate indices (score order, as in the candidates preview) to keep.",
+        title="Candidate numbers",
+        description="Track these candidates, numbered as in the candidates image (0 is the "
+        "most confident), when you already know them.",
+        json_schema_extra={"items": {"type": "integer", "minimum": 0}, "uniqueItems": True},
     )
     points: list[ImagePoint] = Field(
         default_factory=list,
-        description="Pixel positions on the init frame; the person under each point is kept.",
-    )
-    in_ui: bool = Field(
-        default=False,
-        description="Pause after the candidates preview and wait for indices typed in the UI.",
+        title="Points on the start frame",
+        description="Track the person under each point of the tracking start frame.",
     )
 
     @field_validator("indices")
@@ -117,64 +143,107 @@ class SubjectSelection(BaseModel):
 
 
 class NlfOptions(BaseModel):
-    """Pose (NLF) options; defaults are the reference pipeline's."""
+    """How the 3D pose model (NLF) looks at each person; the defaults suit most videos."""
 
-    model_config = ConfigDict(extra="forbid")
-    num_aug: int = Field(default=5, ge=1, le=20, description="Test-time augmentations per crop.")
-    antialias_factor: int = Field(default=2, ge=1, le=4, description="Supersampling of crops.")
-    batch_size: int = Field(default=8, ge=1, le=256, description="Frames per batch.")
-    internal_batch_size: int = Field(
-        default=8, ge=1, le=1024, description="Crops per forward pass inside the model."
+    model_config = ConfigDict(extra="forbid", title="Pose model")
+    num_aug: int = Field(
+        default=5, ge=1, le=20, title="Test-time augmentations",
+        description="Views of each crop averaged per frame: more is steadier and slower.",
+    )  # fmt: skip
+    antialias_factor: int = Field(
+        default=2, ge=1, le=4, title="Crop supersampling", description="Anti-aliasing of crops."
     )
+    batch_size: int = Field(default=8, ge=1, le=256, title="Frames per batch")
+    internal_batch_size: int = Field(
+        default=8, ge=1, le=1024, title="Crops per model call",
+        description="Lower it when the GPU runs out of memory.",
+    )  # fmt: skip
 
 
 class VideoParams(BaseModel):
-    """One video's run: the options of the reference's run_all, typed and checked."""
+    """One video through the whole pipeline: 3D people (SMPL bodies) in world coordinates,
+    rendered as videos with exports."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", title="Video and options")
 
     video: str = Field(
-        description="Local path, http(s) URL, YouTube id, or store object (s3://... / file://...)."
+        title="Video",
+        description="A file path on the worker, an http(s) URL, a YouTube id, or a stored "
+        "object (s3://... or file://...).",
+        min_length=1,
     )
-    time_range: str | None = Field(
-        default=None,
-        description="Cut to START-END, each [HH:]MM:SS[.ff] or seconds, e.g. 00:45-01:25.",
+    time_range: str = Field(
+        default="",
+        title="Time range",
+        description="Process only START-END of the video, each [HH:]MM:SS[.ff] or seconds, "
+        "e.g. 00:45-01:25. Empty: the whole video.",
+        pattern=TIME_RANGE_PATTERN,
     )
-    seg_init_time: str | None = Field(
-        default=None,
-        description="Time of the segmentation init frame in the source video; default: middle.",
+    seg_init_time: str = Field(
+        default="",
+        title="Tracking start time",
+        description="Where in the video the people are found and numbered ([HH:]MM:SS[.ff] or "
+        "seconds, in the source video). Empty: the middle of the processed part.",
+        pattern=TIME_PATTERN,
     )
-    max_persons: int = Field(default=-1, description="Most people to track; -1 for no limit.")
-    subjects: SubjectSelection = Field(default_factory=SubjectSelection)
+    max_persons: int = Field(
+        default=-1, ge=-1, title="Most people to track",
+        description="The most confident N people; -1: no limit.",
+    )  # fmt: skip
+    subjects: SubjectSelection = Field(default_factory=SubjectSelection, title="Subjects")
     static_camera: bool = Field(
         default=False,
-        description="The camera does not move: skip semantic segmentation and SLAM (results "
-        "in the camera's frame). Default: estimate the camera's motion.",
+        title="Static camera",
+        description="The camera does not move: skip estimating its motion (faster; results in "
+        "the camera's frame). Off: the camera's motion is estimated.",
     )
     slam_backend: SlamBackend = Field(
         default="auto",
-        description="Camera tracker: 'colmap' (CPU structure from motion), 'droid' (masked "
-        "DROID-SLAM, needs a CUDA GPU), 'auto' (droid where it can run, else colmap).",
+        title="Camera tracker",
+        description="'colmap' runs on the CPU, 'droid' needs a CUDA GPU, 'auto' picks droid "
+        "where it can run, else colmap.",
     )
     scale_source: ScaleSource = Field(
         default="auto",
-        description="Metric scale of the camera path: 'people' (from the people's metric "
-        "poses), 'depth' (metric depth model on the background), 'auto' (people when the "
-        "video constrains it, else the depth model), 'none' (not metric).",
+        title="Metric scale from",
+        description="'people' (their body sizes), 'depth' (a depth model on the background), "
+        "'auto' (people when the video allows it, else depth), 'none' (not in metres).",
     )
-    fov_deg: float | None = Field(
-        default=None, gt=1, lt=179, description="Field of view of the larger side; default 55."
+    fov_deg: float = Field(
+        default=0.0, ge=0, lt=179, title="Field of view (degrees)",
+        description="Of the image's larger side. 0: estimated for a moving camera, else 55.",
+    )  # fmt: skip
+    fps_factor: Literal[0, 1, 2] = Field(
+        default=0,
+        title="Frame-rate multiplier",
+        description="2 doubles the frame rate of the results, 1 keeps it. 0: automatic (2 for "
+        "videos of at most 40 fps, else 1).",
     )
-    fps_factor: Literal[1, 2] | None = Field(
-        default=None, description="Output frame-rate multiplier; default 2 if fps <= 40, else 1."
-    )
-    nlf: NlfOptions = Field(default_factory=NlfOptions)
+    nlf: NlfOptions = Field(default_factory=NlfOptions, title="Pose model")
     renderer: Renderer = Field(
         default="opengl",
-        description="'opengl': videos of the meshes (camera and world view), previews and "
-        "exports (glTF, BVH, npz); 'none': stop after fitting.",
+        title="Render videos",
+        description="'opengl': videos of the bodies (camera and world view), previews and "
+        "exports (glTF, BVH, npz); 'none': stop after fitting the bodies.",
     )
-    force: bool = Field(default=False, description="Recompute every stage, ignoring the cache.")
+    force: bool = Field(
+        default=False, title="Recompute everything",
+        description="Ignore results cached from earlier runs.",
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_means_default(cls, data):
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (k in _NONE_MEANS_DEFAULT and v is None)}
+        return data
+
+    @field_validator("fov_deg")
+    @classmethod
+    def _fov_valid(cls, value: float) -> float:
+        if 0 < value <= 1:
+            raise ValueError(f"give the field of view in degrees (1 to 179), or 0; got {value}")
+        return value
 
     @field_validator("video")
     @classmethod
@@ -186,15 +255,17 @@ class VideoParams(BaseModel):
 
     @field_validator("time_range")
     @classmethod
-    def _range_valid(cls, value: str | None) -> str | None:
-        if value is not None:
+    def _range_valid(cls, value: str) -> str:
+        value = value.strip()
+        if value:
             parse_time_range(value)
         return value
 
     @field_validator("seg_init_time")
     @classmethod
-    def _init_time_valid(cls, value: str | None) -> str | None:
-        if value is not None:
+    def _init_time_valid(cls, value: str) -> str:
+        value = value.strip()
+        if value:
             parse_time(value)
         return value
 
@@ -231,10 +302,23 @@ class VideoParams(BaseModel):
 
     def init_time_in_clip(self) -> float | None:
         """Init time relative to the cut's start (seconds), or None for the middle frame."""
-        if self.seg_init_time is None:
+        if not self.seg_init_time:
             return None
         window = self.time_window
         return parse_time(self.seg_init_time) - (window[0] if window else 0.0)
+
+
+#: The options shared by every video of a batch: every field of VideoParams but the video.
+BatchOptions = create_model(
+    "BatchOptions",
+    __config__=ConfigDict(extra="forbid", title="Options for every video"),
+    __doc__="The same options for every video of the batch (see the single-video form).",
+    **{
+        name: (field.annotation, copy.copy(field))
+        for name, field in VideoParams.model_fields.items()
+        if name != "video"
+    },
+)
 
 
 def parse_time_range(text: str) -> tuple[float, float]:
@@ -285,6 +369,18 @@ def check_supported(params: VideoParams, available: frozenset[str] = AVAILABLE_S
             )
 
 
+def _readable(field: str, error: dict) -> str:
+    """A validation error in words (a pattern mismatch says what a time looks like)."""
+    parse = {"time_range": parse_time_range, "seg_init_time": parse_time}.get(field)
+    if error["type"] == "string_pattern_mismatch" and parse is not None:
+        try:
+            parse(str(error["input"]))
+        except ValueError as why:
+            return str(why)
+        return f"{error['input']!r}: use [HH:]MM:SS[.ff] or seconds (START-END for a range)"
+    return error["msg"].removeprefix("Value error, ")
+
+
 def validate_params(raw: "VideoParams | dict") -> VideoParams:
     """Validates raw parameters and stage availability; raises ParameterError naming the field."""
     try:
@@ -293,7 +389,7 @@ def validate_params(raw: "VideoParams | dict") -> VideoParams:
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "parameters"
-        raise ParameterError(field, first["msg"].removeprefix("Value error, ")) from None
+        raise ParameterError(field, _readable(field, first)) from None
     if params.video_kind is VideoKind.PATH and not Path(params.video).is_file():
         raise ParameterError(
             "video", f"no such file {params.video!r} (and not a URL or YouTube id)"

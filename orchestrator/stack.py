@@ -449,8 +449,7 @@ def stop_recorded(
     targets: list[tuple[str, int]] = [
         (stage, recorded["pid"]) for stage, recorded in state.get("services", {}).items()
     ]
-    if state.get("prefect", {}).get("pid"):
-        targets.append(("prefect-server", state["prefect"]["pid"]))
+    targets += [(_process_name(name), entry["pid"]) for name, entry in _processes(state)]
     stopped = []
     for name, pid in targets:
         if pid and _pid_alive(pid):
@@ -534,12 +533,10 @@ def stack_status(state_dir: Path = DEFAULT_STATE_DIR) -> list[dict]:
         alive = recorded.get("pid") and _pid_alive(recorded["pid"])
         status = health_status(recorded["address"], timeout_s=2.0) if alive else "STOPPED"
         rows.append({"name": stage, "address": recorded["address"], "status": status})
-    prefect = state.get("prefect")
-    if prefect:
-        alive = _pid_alive(prefect["pid"])
+    for name, entry in _processes(state):
         rows.append({
-            "name": "prefect-server", "address": prefect["ui_url"],
-            "status": "SERVING" if alive else "STOPPED",
+            "name": _process_name(name), "address": entry.get("ui_url") or entry.get("address", ""),
+            "status": "SERVING" if _pid_alive(entry["pid"]) else "STOPPED",
         })  # fmt: skip
     return rows
 
@@ -632,3 +629,13 @@ def _free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+def _processes(state: dict) -> list[tuple[str, dict]]:
+    """Top-level entries other than the services that record a process (prefect, worker, ...)."""
+    return [
+        (name, entry) for name, entry in state.items()
+        if name != "services" and isinstance(entry, dict) and entry.get("pid")
+    ]  # fmt: skip
+
+
+def _process_name(entry: str) -> str:
+    return {"prefect": "prefect-server"}.get(entry, entry.replace("_", "-"))

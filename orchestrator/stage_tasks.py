@@ -6,14 +6,19 @@ Each task builds its stage's request from references and parameters and calls
 
 import json
 import os
-from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.artifacts import create_image_artifact
 from prefect.cache_policies import NO_CACHE
 
+from orchestrator.artifacts import (
+    browser_link,
+    copy_into_results,
+    output_label,
+    read_candidates,
+)
 from orchestrator.outcome import StageOutcome
 from orchestrator.params import (
     ParameterError,
@@ -21,11 +26,12 @@ from orchestrator.params import (
     VideoKind,
     VideoParams,
 )
+from orchestrator.results import result_file_name
 from orchestrator.summary import RunSummary
 from orchestrator.tasks import call_stage_rpc, stage_task
 from services.common.formats.video import ProbeInfo
 from services.common.settings import load_settings
-from services.common.store import ArtifactStore, LocalFolderStore, S3Store, open_store
+from services.common.store import ArtifactStore, LocalFolderStore, open_store
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -139,7 +145,7 @@ def _tracking_request(params: VideoParams, ingest: StageOutcome, init_frame: int
     )
 
 
-@stage_task("tracking")
+@stage_task("tracking", name="candidates-preview")
 def preview_candidates(params: VideoParams, ingest: StageOutcome, init_frame: int) -> StageOutcome:
     """Detects the people on the init frame and draws the numbered candidates preview."""
     from nlfpipe.tracking.v1 import tracking_pb2_grpc
@@ -355,45 +361,51 @@ def render_videos(
 # artifacts and links
 
 
-def browser_links(uris: dict[str, str], expires_s: int = 7 * 24 * 3600) -> dict[str, str]:
-    """Presigned http(s) links for S3 objects (UI artifacts cannot open s3:// or file://)."""
+def browser_links(uris: dict[str, str]) -> dict[str, str]:
+    """http(s) links of stored objects that a browser can open (see orchestrator/artifacts.py)."""
     store = flow_store()
-    if not isinstance(store, S3Store):
-        return {}
-    links = {}
-    for name, uri in uris.items():
-        try:
-            links[name] = store.client.presigned_get_object(
-                store.bucket, store.key_from_uri(uri), expires=timedelta(seconds=expires_s)
-            )
-        except Exception:  # noqa: BLE001 - a missing link only costs a click
-            continue
-    return links
+    links = {name: browser_link(store, uri) for name, uri in uris.items()}
+    return {name: link for name, link in links.items() if link}
 
 
 def candidate_count(preview: StageOutcome) -> int:
     return int(preview.values.get("candidate_count", preview.counts.get("candidates", 0)))
 
 
-def show_candidates(preview: StageOutcome) -> None:
-    """Shows the numbered candidates preview in the UI (image when the store can link it)."""
-    name = next((n for n in preview.outputs if "preview" in n), None)
-    if name is None:
-        return
-    uri = preview.outputs[name].uri
-    link = browser_links({name: uri}).get(name)
+def show_candidates(preview: StageOutcome) -> tuple[dict, str | None]:
+    """Publishes the numbered candidates preview as an image artifact; returns the candidates
+    (format nlfpipe.candidates/1) and the preview's browser link (None when it has none)."""
+    store = flow_store()
+    candidates = (
+        read_candidates(store, preview.outputs["candidates"].uri)
+        if "candidates" in preview.outputs
+        else {"candidates": []}
+    )
+    image = preview.outputs.get("candidates_preview")
+    link = browser_link(store, image.uri, "candidates.png") if image else None
     if link:
         create_image_artifact(image_url=link, description="Candidates on the init frame")
-    count = candidate_count(preview)
-    create_markdown_artifact(
-        markdown=(
-            f"## Choose the subjects\n\n{count} candidates were found on the init frame "
-            f"(numbered 0..{max(count - 1, 0)} in the preview `{uri}`). Resume the run from its "
-            "menu and type the numbers of the people to track, e.g. `[0, 2]`; leave it empty "
-            "for everyone."
-        ),
-        description="Subject selection",
-    )
+    return candidates, link
+
+
+def publish_results(summary: RunSummary, copy_to: str | None) -> list[dict]:
+    """One row per output (label, file name, link, size); with `copy_to`, the outputs are first
+    copied into the store under that prefix (the results folder of a UI run)."""
+    store = flow_store()
+    rows = []
+    for stage in summary.stages:
+        if stage.stage.endswith("-preview"):  # its outputs are the tracking stage's too
+            continue
+        for name, ref in stage.outputs.items():
+            file_name = result_file_name(stage.stage, name, ref.media_type)
+            uri = ref.uri
+            if copy_to:
+                uri = copy_into_results(store, uri, copy_to, file_name, ref.media_type)
+            rows.append({
+                "label": output_label(f"{stage.stage}.{name}"), "file": file_name,
+                "link": browser_link(store, uri, file_name), "size_bytes": ref.size_bytes,
+            })  # fmt: skip
+    return rows
 
 
 #: The render stage's previews, shown as image artifacts of the run.

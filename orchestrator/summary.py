@@ -19,6 +19,8 @@ class RunSummary(BaseModel):
     frames: int = 0
     fps_factor: int = 1
     wall_seconds: float = 0.0
+    #: Part of the wall time spent paused, waiting for a person (subject selection in the UI).
+    waiting_seconds: float = 0.0
     summary_uri: str = ""
     parameters: dict = Field(default_factory=dict)
     #: stage -> the models, device and precision its manifest records (see models_used)
@@ -66,15 +68,18 @@ def people_in(outcome: StageOutcome) -> int:
     return 0
 
 
-def markdown(summary: RunSummary, links: dict[str, str] | None = None) -> str:
-    """The summary as a Markdown artifact: a stage table, then the outputs with links."""
-    links = links or {}
+def markdown(summary: RunSummary, results: str = "") -> str:
+    """The summary as a Markdown artifact: totals, a stage table, then `results` (a table of
+    links, orchestrator/artifacts.py)."""
     lines = [
-        f"# nlfpipe run: `{summary.video}`",
+        f"# nlfpipe run: {summary.video}",
         "",
         f"**People found:** {summary.people_found} &nbsp; **Frames:** {summary.frames} &nbsp; "
-        f"**fps factor:** {summary.fps_factor} &nbsp; **Wall:** {summary.wall_seconds:.1f} s "
-        f"&nbsp; **Cache hits:** {summary.cache_hits}/{len(summary.stages)}",
+        f"**fps factor:** {summary.fps_factor} &nbsp; **Cache hits:** "
+        f"{summary.cache_hits}/{len(summary.stages)}",
+        "",
+        f"**Compute:** {summary.compute_seconds:.1f} s &nbsp; **Waiting for you:** "
+        f"{summary.waiting_seconds:.1f} s &nbsp; **Wall:** {summary.wall_seconds:.1f} s",
         "",
         "| stage | result | compute (s) | call (s) | attempts | counts |",
         "|---|---|---:|---:|---:|---|",
@@ -86,14 +91,6 @@ def markdown(summary: RunSummary, links: dict[str, str] | None = None) -> str:
             f"| {s.stage} | {verdict} | {s.compute_seconds:.2f} | {s.wall_seconds:.2f} | "
             f"{s.attempts} | {counts} |"
         )
-    lines += ["", "## Outputs", ""]
-    for name, uri in summary.outputs().items():
-        target = links.get(name, uri)
-        lines.append(
-            f"- **{name}**: [{uri}]({target})"
-            if target.startswith("http")
-            else f"- **{name}**: `{uri}`"
-        )
-    if summary.summary_uri:
-        lines += ["", f"Summary JSON: `{summary.summary_uri}`"]
+    if results:
+        lines += ["", results]
     return "\n".join(lines)

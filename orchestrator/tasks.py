@@ -1,6 +1,8 @@
 """One Prefect task per stage RPC: addresses, deadlines, retries on transient errors, progress."""
 
+import functools
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from orchestrator import progress as progress_events
 from orchestrator.outcome import StageOutcome, outcome_from_result
@@ -30,6 +33,11 @@ RETRY_DELAYS_S = [2.0, 5.0, 15.0]
 STAGE_RETRIES = 3
 #: How long an attempt waits for its service to report SERVING (a restart loads models).
 SERVING_WAIT_S = float(os.environ.get("NLFPIPE_SERVING_WAIT_S", "120"))
+#: How long a first contact waits for anything to answer at a stage's address before failing
+#: (without retries): nothing listening there is a configuration problem, not a hiccup.
+UNREACHABLE_GRACE_S = float(os.environ.get("NLFPIPE_UNREACHABLE_GRACE_S", "5"))
+#: Addresses that answered in this process; losing one later is transient (retried).
+_answered: set[str] = set()
 #: Tag of the GPU-bound stages; a concurrency limit per tag admits N calls per GPU service.
 GPU_TAG_PREFIX = "nlfpipe-gpu-"
 GPU_STAGES = frozenset({"tracking", "semseg", "slam", "pose", "interpolation"})
@@ -100,12 +108,29 @@ def gpu_admission_enabled() -> bool:
     )  # fmt: skip
 
 
-def admitted(stage_task_fn, stage: str):
-    """The stage task with its GPU admission tag when admission is on, else as it is."""
+def admitted(stage_task_fn, stage: str) -> "StageCall":
+    """The stage task, with its GPU admission tag when admission is on, to call or submit."""
     tags = stage_tags(stage)
     if tags and gpu_admission_enabled():
-        return stage_task_fn.with_options(tags=tags)
-    return stage_task_fn
+        return StageCall(stage_task_fn.with_options(tags=tags))
+    return StageCall(stage_task_fn)
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """Calls a stage task; a stage error that ended it as Failed (see stage_task) is raised."""
+
+    task: object
+
+    def __call__(self, *args, **kwargs):
+        value = self.task(*args, **kwargs)
+        if isinstance(value, State):
+            value.result()  # raises the stage error the Failed state holds
+        return value
+
+    def submit(self, *args, **kwargs):
+        """A future whose result() raises a stage error, as Prefect's futures do."""
+        return self.task.submit(*args, **kwargs)
 
 
 @dataclass
@@ -135,15 +160,28 @@ class _ProgressForwarder:
         ):
             self.last_artifact = now
             update_progress_artifact(
-                self.artifact_id, progress=100.0 * fraction, description=self._text(message)
+                self.artifact_id,
+                progress=float(round(100.0 * fraction)),
+                description=progress_text(self.stage, done, total, message),
             )
         if now - self.last_log >= _LOG_INTERVAL_S:
             self.last_log = now
-            where = f"{done}/{total}" if total else str(done)
-            get_run_logger().info("%s: %s %s", self.stage, where, message)
+            get_run_logger().info("%s", progress_text(self.stage, done, total, message))
 
-    def _text(self, message: str) -> str:
-        return f"{self.stage}: {message}" if message else self.stage
+
+def progress_text(stage: str, done: int, total: int, message: str) -> str:
+    """`pose: 40% (24/60) estimating poses`; a message that counts itself ("pass 2/2, frame
+    400/1350") replaces the raw counts."""
+    parts = [f"{stage}:"]
+    if total > 0:
+        parts.append(f"{round(100.0 * min(done / total, 1.0))}%")
+        if not re.search(r"\d+/\d+", message):
+            parts.append(f"({done}/{total})")
+    elif done:
+        parts.append(str(done))
+    if message:
+        parts.append(message)
+    return " ".join(parts)
 
 
 def _open_progress_artifact(stage: str):
@@ -180,10 +218,13 @@ def call_stage_rpc(
     address = stage_address(stage)
     deadline = stage_deadline_s(stage, video_seconds)
     started = time.monotonic()
+    if address not in _answered and _attempt_number() == 1:
+        require_reachable(stage, address, UNREACHABLE_GRACE_S)
     try:
         wait_serving(address, timeout_s=SERVING_WAIT_S)
     except Exception as exc:  # noqa: BLE001 - surfaced as UNAVAILABLE so the task retries
         raise StageCallError(stage, "UNAVAILABLE", f"{address} is not serving: {exc}") from None
+    _answered.add(address)
     forwarder = _ProgressForwarder(stage)
     progress_events.emit(stage, 0, 0, "started")
     channel = open_channel(address)
@@ -202,22 +243,66 @@ def call_stage_rpc(
     outcome = outcome_from_result(stage, result, time.monotonic() - started)
     outcome.attempts = _attempt_number()
     if forwarder.artifact_id is not None:
-        update_progress_artifact(forwarder.artifact_id, 100.0, description=f"{stage}: done")
+        update_progress_artifact(forwarder.artifact_id, 100.0, description=f"{stage}: 100% done")
     verdict = "cache hit (no compute)" if outcome.cache_hit else f"{outcome.compute_seconds:.1f}s"
     logger.info("%s done: %s, counts %s", stage, verdict, outcome.counts)
     progress_events.emit(stage, 1, 1, "cached" if outcome.cache_hit else "done", finished=True)
     return outcome
 
 
-def stage_task(stage: str):
-    """Decorates a stage-call function as a Prefect task with the stage's retries (see admitted)."""
-    return task(
-        name=stage,
-        retries=STAGE_RETRIES,
-        retry_delay_seconds=RETRY_DELAYS_S,
-        retry_jitter_factor=0.2,
-        retry_condition_fn=retry_on_transient,
-        persist_result=False,
-        cache_policy=NO_CACHE,
+def require_reachable(stage: str, address: str, grace_s: float) -> None:
+    """Fails at once (no retries) when nothing answers at a stage's address within `grace_s`,
+    naming the address and the likely cause."""
+    from services.common.client import health_status
+
+    deadline = time.monotonic() + grace_s
+    while health_status(address, timeout_s=1.0) == "UNREACHABLE":
+        if time.monotonic() >= deadline:
+            raise StageCallError(stage, "UNREACHABLE", unreachable_hint(stage, address))
+        time.sleep(0.25)
+
+
+def unreachable_hint(stage: str, address: str) -> str:
+    """What to check when nothing answers at a stage's address."""
+    env = stage_spec(stage).addr_env
+    source = (
+        f"{env}={os.environ[env]}" if os.environ.get(env)
+        else f"{env} is not set, so the default address was used"
+    )  # fmt: skip
+    return (
+        f"no {stage} service answers at {address} ({source}). Is the stack up "
+        "(`nlfpipe stack status`)? A worker started by hand needs the stack's <STAGE>_ADDR "
+        "variables in its environment; `nlfpipe stack up` starts one that has them."
     )
+
+
+def stage_task(stage: str, name: str | None = None):
+    """Decorates a stage-call function as a Prefect task with the stage's retries (see admitted).
+
+    A stage error that retrying cannot fix ends the task as Failed with its message, without a
+    traceback in the run's log (the traceback is logged at DEBUG).
+    """
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except StageCallError as exc:
+                if exc.transient:
+                    raise
+                get_run_logger().debug("%s failed", stage, exc_info=True)
+                return Failed(message=str(exc), data=exc)
+
+        return task(
+            name=name or stage,
+            retries=STAGE_RETRIES,
+            retry_delay_seconds=RETRY_DELAYS_S,
+            retry_jitter_factor=0.2,
+            retry_condition_fn=retry_on_transient,
+            persist_result=False,
+            cache_policy=NO_CACHE,
+        )(run)
+
+    return decorate
 

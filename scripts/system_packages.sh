@@ -11,6 +11,8 @@ PACKAGES=(
   libgl1
   libegl-mesa0
   libgl1-mesa-dri
+  # tests: the Prefect UI test drives a headless Chromium (Playwright uses this one, no download).
+  chromium
 )
 
 missing=()

@@ -58,7 +58,7 @@ def test_defaults_mirror_the_reference(video):
     assert params.static_camera is False
     assert (params.slam_backend, params.scale_source) == ("auto", "auto")
     assert params.renderer == "opengl"
-    assert params.fps_factor is None
+    assert params.fps_factor == 0 and params.fov_deg == 0.0 and params.time_range == ""
     assert (params.nlf.num_aug, params.nlf.antialias_factor) == (5, 2)
     assert (params.nlf.batch_size, params.nlf.internal_batch_size) == (8, 8)
     assert params.subjects.is_all

@@ -112,11 +112,11 @@ def test_summary_markdown_lists_stages_and_links():
         StageOutcome(stage="tracking", cache_hit=True, counts={"tracks": 2}),
     ]
     summary = RunSummary(video="clip.mp4", stages=stages, people_found=2, frames=60)
-    text = markdown(summary, {"ingest.video": "http://127.0.0.1:9000/b/v.mp4?sig"})
+    text = markdown(summary, "## Results\n| x |")
     assert "| ingest | computed | 1.50 | 1.70 | 1 | frames=60 |" in text
     assert "| tracking | cache hit |" in text
     assert "**People found:** 2" in text
-    assert "[s3://b/v.mp4](http://127.0.0.1:9000/b/v.mp4?sig)" in text
+    assert text.endswith("## Results\n| x |") and "**Waiting for you:** 0.0 s" in text
     assert summary.cache_hits == 1
     assert summary.compute_seconds == pytest.approx(1.5)
 

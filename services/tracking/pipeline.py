@@ -16,7 +16,7 @@ from services.common.stagerun import OutputFile, StageOutputs, StageRun
 from services.tracking.detection import PersonDetector, person_candidates
 from services.tracking.morph import cleanup_mask
 from services.tracking.preview import render_candidates_preview
-from services.tracking.propagation import MaskPropagator, PassPlan, propagate
+from services.tracking.propagation import MaskPropagator, PassPlan, pass_progress, propagate
 from services.tracking.selection import (
     Candidate,
     masks_to_array,
@@ -141,7 +141,7 @@ def compute_tracking(
             lambda: video.frames(shape),
             run.workdir,
             on_frame=lambda done, total: run.progress(
-                done, total, "propagating masks", "propagate"
+                done, total, pass_progress(done, plan.num_frames, plan.passes), "propagate"
             ),
         )
     if params.morph_cleanup:

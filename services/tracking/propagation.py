@@ -68,6 +68,15 @@ def label_map_to_masks(label_map: np.ndarray, n_objects: int) -> dict[int, RLEMa
     return {i - 1: m for i, m in masks.items() if 1 <= i <= n_objects and m.area() > 0}
 
 
+def pass_progress(done: int, frames_per_pass: int, passes: int) -> str:
+    """`pass 2/2, frame 400/1350` for the `done`-th frame step of all passes (1-based)."""
+    if frames_per_pass <= 0:
+        return "propagating masks"
+    index = min(max(done - 1, 0) // frames_per_pass, passes - 1)
+    frame = done - index * frames_per_pass
+    return f"pass {index + 1}/{passes}, frame {frame}/{frames_per_pass}"
+
+
 def propagate(
     plan: PassPlan,
     propagator: MaskPropagator,
