@@ -103,8 +103,9 @@ def test_no_feature_comes_from_a_masked_pixel(forward, tmp_path):
     for image in database.read_all_images():
         allowed = cv2.imread(str(masks[image.name]), cv2.IMREAD_GRAYSCALE) > 0
         keypoints = database.read_keypoints(image.image_id)[:, :2] - 0.5
-        xy = np.clip(np.round(keypoints).astype(int), 0, [allowed.shape[1] - 1,
-                                                            allowed.shape[0] - 1])
+        xy = np.clip(
+            np.round(keypoints).astype(int), 0, [allowed.shape[1] - 1, allowed.shape[0] - 1]
+        )
         assert allowed[xy[:, 1], xy[:, 0]].all(), image.name
         checked += len(xy)
     database.close()

@@ -241,7 +241,12 @@ def _result(models: dict, names: list[str], focal: float, mapper: str) -> SfmRes
         points.append(point.xyz)
         views.append(obs)
     return SfmResult(
-        registered, rotation, centre, float(camera.params[0]),
+        registered,
+        rotation,
+        centre,
+        float(camera.params[0]),
         float(model.compute_mean_reprojection_error()),
-        np.asarray(points, np.float64).reshape(-1, 3), views, mapper,
+        np.asarray(points, np.float64).reshape(-1, 3),
+        views,
+        mapper,
     )
