@@ -48,7 +48,7 @@ from services.slam.scale import (
 )
 
 STAGE = "slam"
-VERSION = "1"
+VERSION = "2"  # 2: deterministic colmap, cubic pose interpolation, spline people scale
 REPORT_FORMAT = "nlfpipe.slam-report/1"
 PROVISIONAL_DEPTH_M = 4.0
 SCALE_SOURCES = ("auto", "people", "depth", "none")
@@ -154,7 +154,7 @@ def compute_people_scale(run: StageRun, fps: float) -> StageOutputs:
         raise InvalidInput(f"report: format {report.get('format')!r}, want {REPORT_FORMAT}")
     people = _people_tracks(run.inputs["predictions"], len(track))
     rotations, centres = track.rotation, track.optical_center / 1000
-    estimate = people_scale(people, rotations, centres, fps, frames=report["keyframes"])
+    estimate = people_scale(people, rotations, centres, fps)
     scale = dict(report["scale"])
     provisional = float(scale["applied"])
     scale["people"] = {**estimate.to_dict(), "scale": estimate.scale * provisional}
@@ -289,7 +289,7 @@ def _depth_scale(trajectory: Trajectory, source: FrameSource, model, run) -> Sca
 
 
 def _people_tracks(path, num_frames: int) -> list[PersonTrack]:
-    """Each track's camera-space centre and lowest joint per frame, metres."""
+    """Each track's camera-space centre (mean joint) per frame, metres."""
     rows: dict[int, dict[str, list]] = {}
     reader = PredictionsReader(path)
     if reader.num_frames != num_frames:
@@ -302,15 +302,12 @@ def _people_tracks(path, num_frames: int) -> list[PersonTrack]:
             continue
         r, c = frame.camera.rot_world_to_cam, frame.camera.optical_center
         joints_cam = (frame.joints.astype(np.float64) - c) @ r.T / 1000
-        up_world = np.array([0.0, -1.0, 0.0])
-        heights = (joints_cam @ r) @ up_world  # along world up, joints in world orientation
         for i, tid in enumerate(frame.track_ids.tolist()):
-            row = rows.setdefault(tid, {"frames": [], "centres": [], "feet": []})
+            row = rows.setdefault(tid, {"frames": [], "centres": []})
             row["frames"].append(frame.frame_index)
             row["centres"].append(joints_cam[i].mean(0))
-            row["feet"].append(joints_cam[i][int(np.argmin(heights[i]))])
     return [
-        PersonTrack(np.asarray(r["frames"]), np.asarray(r["centres"]), np.asarray(r["feet"]))
+        PersonTrack(np.asarray(r["frames"]), np.asarray(r["centres"]))
         for _, r in sorted(rows.items()) if len(r["frames"]) >= 3
     ]
 
