@@ -44,6 +44,7 @@ from services.slam.scale import (
     ScaleEstimate,
     agreement,
     depth_model_scale,
+    inside_image,
     people_scale,
 )
 
@@ -152,7 +153,7 @@ def compute_people_scale(run: StageRun, fps: float) -> StageOutputs:
     report = json.loads(run.inputs["report"].read_text())
     if report.get("format") != REPORT_FORMAT:
         raise InvalidInput(f"report: format {report.get('format')!r}, want {REPORT_FORMAT}")
-    people = _people_tracks(run.inputs["predictions"], len(track))
+    people = _people_tracks(run.inputs["predictions"], len(track), track.image_size)
     rotations, centres = track.rotation, track.optical_center / 1000
     estimate = people_scale(people, rotations, centres, fps)
     scale = dict(report["scale"])
@@ -288,8 +289,9 @@ def _depth_scale(trajectory: Trajectory, source: FrameSource, model, run) -> Sca
     return depth_model_scale(used, predicted)
 
 
-def _people_tracks(path, num_frames: int) -> list[PersonTrack]:
-    """Each track's camera-space centre (mean joint) per frame, metres."""
+def _people_tracks(path, num_frames: int, image_size: tuple[int, int]) -> list[PersonTrack]:
+    """Each track's camera-space centre (mean joint) per frame, metres, where the person's
+    joints all project inside the image."""
     rows: dict[int, dict[str, list]] = {}
     reader = PredictionsReader(path)
     if reader.num_frames != num_frames:
@@ -302,7 +304,11 @@ def _people_tracks(path, num_frames: int) -> list[PersonTrack]:
             continue
         r, c = frame.camera.rot_world_to_cam, frame.camera.optical_center
         joints_cam = (frame.joints.astype(np.float64) - c) @ r.T / 1000
+        projected = joints_cam @ frame.camera.intrinsic_matrix.T
+        whole = inside_image(projected[..., :2] / projected[..., 2:3], *image_size)
         for i, tid in enumerate(frame.track_ids.tolist()):
+            if not whole[i]:
+                continue
             row = rows.setdefault(tid, {"frames": [], "centres": []})
             row["frames"].append(frame.frame_index)
             row["centres"].append(joints_cam[i].mean(0))
