@@ -80,8 +80,10 @@ def test_smoothing_on_se3_removes_jitter_and_keeps_the_path():
     noisy_r = Rotation.from_rotvec(rng.normal(0, 0.01, (90, 3))).as_matrix() @ rotations
     noisy_c = centres + rng.normal(0, 0.01, centres.shape)
     smooth_r, smooth_c = smooth(noisy_r, noisy_c, sigma_frames=3)
+
     def angles(r):
         return Rotation.from_matrix(r @ rotations.transpose(0, 2, 1)).magnitude()
+
     assert np.median(angles(smooth_r)) < 0.5 * np.median(angles(noisy_r))
     assert np.abs(smooth_c - centres).mean() < 0.5 * np.abs(noisy_c - centres).mean()
     assert np.allclose(np.linalg.det(smooth_r), 1)
@@ -292,8 +294,12 @@ def test_droid_fov_search_order_and_choice(droid, tmp_path, monkeypatch):
     from services.slam import pipeline
 
     video = pipeline.Video(droid.video)
-    source = pipeline.FrameSource(video, SlamMasks(None, read_track_masks(droid.track_masks),
-                                                   (96, 160)), (96, 160), list(range(10)))
+    source = pipeline.FrameSource(
+        video,
+        SlamMasks(None, read_track_masks(droid.track_masks), (96, 160)),
+        (96, 160),
+        list(range(10)),
+    )
     search: list = []
     fov = backend._search_fov(source, list(range(0, 10, 2)), search, run)
     tested = [entry["fov_deg"] for entry in search]

@@ -104,8 +104,17 @@ def compute_slam(
     if params.camera_motion == "static":
         k = _full_intrinsics(params, width, height)
         track = CameraTrack.static(video.num_frames, width, height, intrinsics=k)
-        report = _report(params, "none", track, True, [], "given" if _known(params) else "default",
-                         {"source": "none", "applied": 1.0, "metric": True}, {}, started)
+        report = _report(
+            params,
+            "none",
+            track,
+            True,
+            [],
+            "given" if _known(params) else "default",
+            {"source": "none", "applied": 1.0, "metric": True},
+            {},
+            started,
+        )
         return _outputs(run, track, report, needs_people_scale=False)
     semseg, tracks = _read_masks(run, video)
     shape = slam_shape(height, width, params.target_pixels, backend.size_multiple)
@@ -314,7 +323,8 @@ def _people_tracks(path, num_frames: int, image_size: tuple[int, int]) -> list[P
             row["centres"].append(joints_cam[i].mean(0))
     return [
         PersonTrack(np.asarray(r["frames"]), np.asarray(r["centres"]))
-        for _, r in sorted(rows.items()) if len(r["frames"]) >= 3
+        for _, r in sorted(rows.items())
+        if len(r["frames"]) >= 3
     ]
 
 
@@ -330,17 +340,22 @@ def _report(params, backend, track: CameraTrack, static, keyframes, focal_source
         "keyframes": [int(f) for f in keyframes],
         "keyframe_count": len(keyframes),
         "intrinsics": {
-            "fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]),
-            "cy": float(k[1, 2]), "fov_deg": fov_from_focal(float(k[0, 0]), width, height),
+            "fx": float(k[0, 0]),
+            "fy": float(k[1, 1]),
+            "cx": float(k[0, 2]),
+            "cy": float(k[1, 2]),
+            "fov_deg": fov_from_focal(float(k[0, 0]), width, height),
             "source": focal_source,
         },  # fmt: skip
         "scale": scale,
-        "reprojection_error_px": None if not np.isfinite(reprojection_error)
+        "reprojection_error_px": None
+        if not np.isfinite(reprojection_error)
         else float(reprojection_error),
         "working_resolution": list(shape[::-1]) if shape else None,
         "smoothing_sigma_s": params.smoothing_sigma_s,
-        "path_length_m": float(np.linalg.norm(np.diff(track.optical_center, axis=0), axis=1)
-                               .sum() / 1000),  # fmt: skip
+        "path_length_m": float(
+            np.linalg.norm(np.diff(track.optical_center, axis=0), axis=1).sum() / 1000
+        ),  # fmt: skip
         "details": details,
         "timings_s": {"total": round(time.perf_counter() - started, 3)},
         "params": params.to_dict(),

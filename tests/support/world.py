@@ -114,8 +114,14 @@ class World:
 
 
 def render(
-    world: World, k: np.ndarray, rotation: np.ndarray, centre: np.ndarray, frame: int,
-    width: int, height: int, background: bool = True,
+    world: World,
+    k: np.ndarray,
+    rotation: np.ndarray,
+    centre: np.ndarray,
+    frame: int,
+    width: int,
+    height: int,
+    background: bool = True,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """RGB uint8 (H, W, 3), one bool (H, W) mask per figure and the depth (z, m) of every
     pixel, for a world->camera rotation and camera centre (m). `background=False` leaves the room
@@ -267,8 +273,9 @@ def camera_path(kind: str, num_frames: int, fps: float, seed: int = 0, shake: bo
     return rotations, np.asarray(centres, np.float64)
 
 
-def figure_paths(num_frames: int, fps: float, count: int, camera_centres: np.ndarray,
-                 seed: int = 0) -> list[np.ndarray]:
+def figure_paths(
+    num_frames: int, fps: float, count: int, camera_centres: np.ndarray, seed: int = 0
+) -> list[np.ndarray]:
     """Floor positions (T, 2) of `count` figures walking 3.5-5.5 m ahead of the camera, keeping
     pace with `camera_centres` (give the walk without its shake: people do not follow the
     operator's hand, and a figure copying the camera's accelerations would bias the
@@ -281,8 +288,12 @@ def figure_paths(num_frames: int, fps: float, count: int, camera_centres: np.nda
         lane = (i + 0.5) / max(count, 1) * 2.4 - 1.2
         speed = rng.uniform(0.5, 0.9) * (1 if i % 2 == 0 else -1)
         x = lane + 0.5 * np.sin(speed * t + rng.uniform(0, 1))
-        z = camera_centres[0, 2] + ahead + 0.6 * (camera_centres[:, 2] - camera_centres[0, 2]) \
+        z = (
+            camera_centres[0, 2]
+            + ahead
+            + 0.6 * (camera_centres[:, 2] - camera_centres[0, 2])
             + 0.3 * np.sin(0.8 * t + i)
+        )
         paths.append(np.stack([x, z], axis=1))
     return paths
 
@@ -364,8 +375,13 @@ def make_moving_camera_video(
     return MovingCameraTruth(cameras, boxes, all_centres, masks)
 
 
-def write_truth_masks(path: Path, truth: MovingCameraTruth, short_side: int = 0,
-                      frames: list[int] | None = None, union: bool = False) -> None:
+def write_truth_masks(
+    path: Path,
+    truth: MovingCameraTruth,
+    short_side: int = 0,
+    frames: list[int] | None = None,
+    union: bool = False,
+) -> None:
     """The figures' true masks as an `nlfpipe.masks/1` file (track id = figure index, or one
     track 0 with `union`), at `short_side` (0: the video's size); `frames` limits the frames
     that carry masks (the others are empty and `meta.computed_frames` lists the kept ones)."""
