@@ -51,7 +51,7 @@ class ColmapBackend:
     def estimate(self, source: FrameSource, prior: CameraPrior, run) -> Trajectory:
         settings = self.settings
         with run.step("keyframes"):
-            motion, person_fraction = self._analyse(source, run)
+            motion, person_fraction = self._analyse(source, prior, run)
         details = {
             "candidates": motion.candidates,
             "max_static_displacement_px": round(motion.max_static_displacement_px, 3),
@@ -115,8 +115,13 @@ class ColmapBackend:
             details=details,
         )
 
-    def _analyse(self, source: FrameSource, run) -> tuple[MotionAnalysis, float]:
-        selector = KeyframeSelector(self.settings.rules)
+    def _analyse(self, source: FrameSource, prior: CameraPrior,
+                 run) -> tuple[MotionAnalysis, float]:  # fmt: skip
+        rules = self.settings.rules
+        if not prior.known:
+            most = max(rules.min_keyframes, rules.min_keyframes_unknown_focal)
+            rules = replace(rules, min_keyframes=most)
+        selector = KeyframeSelector(rules)
         masked = []
         for count, (_, image, mask) in enumerate(source.stream(set(source.candidates))):
             frame = source.candidates[count]

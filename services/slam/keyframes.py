@@ -32,9 +32,10 @@ class KeyframeRules:
     min_tracked: float = 0.5  # fraction of the keyframe's corners that must survive
     max_gap: int = 3  # candidates between keyframes at most
     static_px: float = 1.0  # largest median displacement of a static camera, pixels
-    # a moving camera gets at least this many (evenly spread): the focal refinement of a 2 s
-    # forward walk was up to 5° off with the 8 keyframes of the flow rule, within 1° with 20
-    min_keyframes: int = 20
+    min_keyframes: int = 5  # a moving camera gets at least this many (evenly spread)
+    # ... and this many when the focal length is refined: on a 2 s forward walk the focal
+    # refinement was up to 5° off with the 8 keyframes of the flow rule, within 1° with 20
+    min_keyframes_unknown_focal: int = 20
     max_corners: int = 400
 
 
