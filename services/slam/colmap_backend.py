@@ -157,8 +157,11 @@ class ColmapBackend:
         """The chunk's registered keyframes; PreconditionFailed when it broke apart."""
         missing = np.flatnonzero(~result.registered)
         gap = _longest_run(~result.registered)
-        if result.registered.sum() < max(3, len(frames) // 2) or gap > \
-                self.settings.max_unregistered_gap or (0 in missing and gap > 1):
+        if (
+            result.registered.sum() < max(3, len(frames) // 2)
+            or gap > self.settings.max_unregistered_gap
+            or (0 in missing and gap > 1)
+        ):
             raise PreconditionFailed(
                 f"the reconstruction broke into pieces: {len(missing)} of {len(frames)} keyframes "
                 f"(frames {', '.join(str(frames[i]) for i in missing[:8])}"
