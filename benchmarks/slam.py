@@ -13,7 +13,7 @@ The thread count follows the machine (pass `taskset -c 0,1` for the 2-core targe
 printed line is one JSON object.
 
 Usage: python benchmarks/slam.py [--seconds 20] [--long-seconds 60] [--fov 60] [--unknown-fov]
-       [--cache .nlfpipe/bench-slam]
+       [--mapping-threads 1] [--cache .nlfpipe/bench-slam]
 """
 
 import argparse
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,16 +44,20 @@ def render(path: Path, seconds: float) -> None:
     np.save(path.with_suffix(".boxes.npy"), truth.boxes)
 
 
-def measure(backend_name: str, video: Path, fov: float) -> dict:
+def measure(backend_name: str, video: Path, fov: float, mapping_threads: int) -> dict:
     from services.common.formats.cameras import CameraTrack
     from services.common.settings import load_settings
     from services.common.stagerun import StageRun
     from services.slam.backends import choose_backend, load_models
+    from services.slam.colmap_backend import ColmapBackend
     from services.slam.pipeline import SlamParams, compute_slam
     from tests.support.slam_runs import trajectory_error
 
     models = load_models(load_settings())
     backend = choose_backend(backend_name, models)
+    if backend_name == "colmap" and mapping_threads != backend.settings.sfm.mapping_threads:
+        sfm = replace(backend.settings.sfm, mapping_threads=mapping_threads)
+        backend = ColmapBackend(replace(backend.settings, sfm=sfm))
     with tempfile.TemporaryDirectory() as tmp:
         run = StageRun(Path(tmp), {"video": video,
                                    "track_masks": video.with_suffix(".masks.zst")}, {}, None,
@@ -74,8 +79,13 @@ def measure(backend_name: str, video: Path, fov: float) -> dict:
 
 
 def _child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
-                         text=True, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -88,11 +98,17 @@ def main() -> None:
     parser.add_argument("--fov", type=float, default=60.0)
     parser.add_argument("--unknown-fov", action="store_true", help="let slam estimate the FOV")
     parser.add_argument("--cache", type=Path, default=ROOT / ".nlfpipe" / "bench-slam")
-    parser.add_argument("--child", nargs=3, metavar=("BACKEND", "VIDEO", "FOV"))
+    parser.add_argument(
+        "--mapping-threads",
+        type=int,
+        default=1,
+        help="colmap mapping threads (1, the default, is deterministic; 0: all)",
+    )
+    parser.add_argument("--child", nargs=4, metavar=("BACKEND", "VIDEO", "FOV", "THREADS"))
     args = parser.parse_args()
     if args.child:
-        backend, video, fov = args.child
-        print(json.dumps(measure(backend, Path(video), float(fov))))
+        backend, video, fov, threads = args.child
+        print(json.dumps(measure(backend, Path(video), float(fov), int(threads))))
         return
 
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -105,11 +121,12 @@ def main() -> None:
             print(f"rendered {videos[name].name} in {time.perf_counter() - started:.0f} s")
     load = os.getloadavg()
     fov = "0" if args.unknown_fov else str(args.fov)
-    short = _child(["colmap", str(videos["short"]), fov])
+    threads = str(args.mapping_threads)
+    short = _child(["colmap", str(videos["short"]), fov, threads])
     print(f"colmap {args.seconds:g} s: {short['frames_per_s']:.2f} frames/s, ATE "
           f"{short['ate_pct_of_path']:.3f}% of the path, {short['keyframes']} keyframes, "
           f"timings {short['timings_s']}, peak RSS {short['peak_rss_mb']:.0f} MB")  # fmt: skip
-    long = _child(["colmap", str(videos["long"]), fov])
+    long = _child(["colmap", str(videos["long"]), fov, threads])
     print(f"colmap {args.long_seconds:g} s: {long['frames_per_s']:.2f} frames/s, ATE "
           f"{long['ate_pct_of_path']:.3f}%, peak RSS {long['peak_rss_mb']:.0f} MB")  # fmt: skip
     result = {
@@ -122,6 +139,7 @@ def main() -> None:
         "long_ate_pct_of_path": round(long["ate_pct_of_path"], 4),
         "keyframes": short["keyframes"],
         "timings_s": short["timings_s"],
+        "mapping_threads": args.mapping_threads,
         "cores": os.cpu_count(),
         "load_avg_1m_before": round(load[0], 2),
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
@@ -134,7 +152,7 @@ def main() -> None:
         has_cuda = False
     if has_cuda:
         try:
-            droid = _child(["droid", str(videos["short"]), fov])
+            droid = _child(["droid", str(videos["short"]), fov, threads])
             result.update(droid_frames_per_s=round(droid["frames_per_s"], 3),
                           droid_ate_pct_of_path=round(droid["ate_pct_of_path"], 4))  # fmt: skip
         except RuntimeError as err:

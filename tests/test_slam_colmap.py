@@ -40,12 +40,26 @@ def test_known_intrinsics_trajectory_within_one_percent(forward, tmp_path):
     assert out.files["preview"].path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unknown_intrinsics_estimates_the_fov_within_two_degrees(forward, tmp_path):
-    out = _slam(tmp_path, forward, "unknown")
+@pytest.fixture(scope="module")
+def unknown_fov_run(forward, tmp_path_factory):
+    return _slam(tmp_path_factory.mktemp("unknown"), forward, "run")
+
+
+def test_unknown_intrinsics_estimates_the_fov_within_two_degrees(forward, unknown_fov_run):
+    out = unknown_fov_run
     report = json.loads(out.files["report"].path.read_text())
     assert report["intrinsics"]["source"] == "refined by bundle adjustment"
     assert abs(report["intrinsics"]["fov_deg"] - FOV) <= 2.0, report["intrinsics"]
     assert trajectory_error(cameras_of(out), forward.truth.cameras).ate_pct_of_path <= 1.0
+
+
+def test_same_video_gives_the_same_cameras(forward, unknown_fov_run, tmp_path):
+    """Parallel extraction, seeded RANSAC and single-threaded mapping: a second run (focal
+    refinement included) reproduces the first one bit for bit."""
+    first, again = cameras_of(unknown_fov_run), cameras_of(_slam(tmp_path, forward, "again"))
+    assert np.abs(again.optical_center - first.optical_center).max() <= 1e-6  # mm
+    assert np.abs(again.rotation - first.rotation).max() <= 1e-9
+    assert np.array_equal(again.intrinsics, first.intrinsics)
 
 
 @pytest.mark.parametrize(("motion", "static"), [("static", True), ("nudge", False)])
@@ -89,8 +103,9 @@ def test_no_feature_comes_from_a_masked_pixel(forward, tmp_path):
     for image in database.read_all_images():
         allowed = cv2.imread(str(masks[image.name]), cv2.IMREAD_GRAYSCALE) > 0
         keypoints = database.read_keypoints(image.image_id)[:, :2] - 0.5
-        xy = np.clip(np.round(keypoints).astype(int), 0, [allowed.shape[1] - 1,
-                                                            allowed.shape[0] - 1])
+        xy = np.clip(
+            np.round(keypoints).astype(int), 0, [allowed.shape[1] - 1, allowed.shape[0] - 1]
+        )
         assert allowed[xy[:, 1], xy[:, 0]].all(), image.name
         checked += len(xy)
     database.close()

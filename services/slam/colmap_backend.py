@@ -51,7 +51,7 @@ class ColmapBackend:
     def estimate(self, source: FrameSource, prior: CameraPrior, run) -> Trajectory:
         settings = self.settings
         with run.step("keyframes"):
-            motion, person_fraction = self._analyse(source, run)
+            motion, person_fraction = self._analyse(source, prior, run)
         details = {
             "candidates": motion.candidates,
             "max_static_displacement_px": round(motion.max_static_displacement_px, 3),
@@ -115,8 +115,13 @@ class ColmapBackend:
             details=details,
         )
 
-    def _analyse(self, source: FrameSource, run) -> tuple[MotionAnalysis, float]:
-        selector = KeyframeSelector(self.settings.rules)
+    def _analyse(self, source: FrameSource, prior: CameraPrior,
+                 run) -> tuple[MotionAnalysis, float]:  # fmt: skip
+        rules = self.settings.rules
+        if not prior.known:
+            most = max(rules.min_keyframes, rules.min_keyframes_unknown_focal)
+            rules = replace(rules, min_keyframes=most)
+        selector = KeyframeSelector(rules)
         masked = []
         for count, (_, image, mask) in enumerate(source.stream(set(source.candidates))):
             frame = source.candidates[count]
@@ -152,8 +157,11 @@ class ColmapBackend:
         """The chunk's registered keyframes; PreconditionFailed when it broke apart."""
         missing = np.flatnonzero(~result.registered)
         gap = _longest_run(~result.registered)
-        if result.registered.sum() < max(3, len(frames) // 2) or gap > \
-                self.settings.max_unregistered_gap or (0 in missing and gap > 1):
+        if (
+            result.registered.sum() < max(3, len(frames) // 2)
+            or gap > self.settings.max_unregistered_gap
+            or (0 in missing and gap > 1)
+        ):
             raise PreconditionFailed(
                 f"the reconstruction broke into pieces: {len(missing)} of {len(frames)} keyframes "
                 f"(frames {', '.join(str(frames[i]) for i in missing[:8])}"

@@ -11,6 +11,11 @@ starts from random positions and on a forward walk sometimes settles in a bent s
 reprojection error, so `auto` maps from `global_seeds` random starts on the same matches and
 keeps the one registering most keyframes with the lowest reprojection error; the incremental
 mapper runs only when no global run registered every keyframe.
+
+Deterministic: the same keyframes give the same poses bit for bit. The images are numbered in
+name order, every RANSAC and mapper is seeded, and mapping runs on one thread (see
+`SfmOptions.mapping_threads`); extraction and matching stay parallel (their results do not
+depend on the thread count once the ids and seeds are fixed).
 """
 
 import logging
@@ -36,7 +41,11 @@ class SfmOptions:
     mapper: str = "auto"  # "global" (GLOMAP), "incremental", or "auto" (see the module)
     global_seeds: int = 3  # global mapping runs from different random starts; the best is kept
     small_problem: int = 40  # up to this many keyframes, twice the seeds (they are cheap)
-    threads: int = 0  # 0: every core
+    threads: int = 0  # feature extraction and matching; 0: every core
+    # Bundle adjustment and global positioning on several threads sum in a varying order, so
+    # the same matches gave trajectories differing by up to 0.3 mm per 4 m; one thread makes
+    # them bit-for-bit equal (speed: docs/benchmarks.md, slam).
+    mapping_threads: int = 1
 
     def thread_count(self) -> int:
         return self.threads or max(os.cpu_count() or 1, 1)
@@ -76,10 +85,13 @@ def reconstruct(
     width, height = _image_size(image_dir / names[0])
     workdir.mkdir(parents=True, exist_ok=True)
     database = workdir / "database.db"
+    database.unlink(missing_ok=True)  # a retry in the same folder starts afresh
     threads = options.thread_count()
+    camera_params = [focal, width / 2, height / 2]  # COLMAP: pixel centres at +0.5
+    _register_images_in_order(pycolmap, database, names, width, height, camera_params)
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "SIMPLE_PINHOLE"
-    reader.camera_params = f"{focal},{width / 2},{height / 2}"  # COLMAP: pixel centres at +0.5
+    reader.camera_params = ",".join(str(v) for v in camera_params)
     reader.mask_path = mask_dir
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = threads
@@ -98,6 +110,7 @@ def reconstruct(
     pairing.quadratic_overlap = False
     pairing.num_threads = threads
     verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = 0  # each pair seeded alike, whichever thread runs it
     verification.max_H_inlier_ratio = 1.0  # never "planar or panoramic": small video baselines
     # With the focal prior, a pair is calibrated (relative pose from E) unless F explains far
     # more matches than E; COLMAP's 0.95 leaves most short-baseline video pairs uncalibrated.
@@ -116,7 +129,7 @@ def reconstruct(
         seeds = options.global_seeds * (2 if len(names) <= options.small_problem else 1)
         for seed in range(seeds):
             models = _map(pycolmap, "global", database, image_dir, workdir / f"global-{seed}",
-                          refine_focal, threads, seed)  # fmt: skip
+                          refine_focal, options.mapping_threads, seed)  # fmt: skip
             results.append(_result(models, names, focal, "global"))
             check_cancelled()
     best = _best(results)
@@ -124,9 +137,35 @@ def reconstruct(
         options.mapper == "auto" and (best is None or not best.registered.all())
     ):
         models = _map(pycolmap, "incremental", database, image_dir, workdir / "incremental",
-                      refine_focal, threads, 0)  # fmt: skip
+                      refine_focal, options.mapping_threads, 0)  # fmt: skip
         results.append(_result(models, names, focal, "incremental"))
     return _best(results)
+
+
+def _register_images_in_order(pycolmap, database: Path, names: list[str], width: int,
+                              height: int, params: list[float]) -> None:  # fmt: skip
+    """One camera, one rig and the images (with their frames) written in name order before
+    extraction, which reuses the rows: COLMAP's parallel extraction would otherwise number the
+    images in the order its threads finish, and the ids order the pairs of the two-view
+    verification and the mapping, so the same video gave different trajectories."""
+    db = pycolmap.Database.open(database)
+    try:
+        camera = pycolmap.Camera(model="SIMPLE_PINHOLE", width=width, height=height,
+                                 params=params)  # fmt: skip
+        camera.has_prior_focal_length = True
+        camera_id = db.write_camera(camera)
+        sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id)
+        rig = pycolmap.Rig()
+        rig.add_ref_sensor(sensor)
+        rig_id = db.write_rig(rig)
+        for name in names:
+            image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
+            frame = pycolmap.Frame()
+            frame.rig_id = rig_id
+            frame.add_data_id(pycolmap.data_t(sensor, image_id))
+            db.write_frame(frame)
+    finally:
+        db.close()
 
 
 def _best(results: list["SfmResult"]) -> "SfmResult | None":
@@ -202,7 +241,12 @@ def _result(models: dict, names: list[str], focal: float, mapper: str) -> SfmRes
         points.append(point.xyz)
         views.append(obs)
     return SfmResult(
-        registered, rotation, centre, float(camera.params[0]),
+        registered,
+        rotation,
+        centre,
+        float(camera.params[0]),
         float(model.compute_mean_reprojection_error()),
-        np.asarray(points, np.float64).reshape(-1, 3), views, mapper,
+        np.asarray(points, np.float64).reshape(-1, 3),
+        views,
+        mapper,
     )

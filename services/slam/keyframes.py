@@ -33,6 +33,9 @@ class KeyframeRules:
     max_gap: int = 3  # candidates between keyframes at most
     static_px: float = 1.0  # largest median displacement of a static camera, pixels
     min_keyframes: int = 5  # a moving camera gets at least this many (evenly spread)
+    # ... and this many when the focal length is refined: on a 2 s forward walk the focal
+    # refinement was up to 5° off with the 8 keyframes of the flow rule, within 1° with 20
+    min_keyframes_unknown_focal: int = 20
     max_corners: int = 400
 
 

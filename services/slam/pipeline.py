@@ -44,11 +44,12 @@ from services.slam.scale import (
     ScaleEstimate,
     agreement,
     depth_model_scale,
+    inside_image,
     people_scale,
 )
 
 STAGE = "slam"
-VERSION = "1"
+VERSION = "2"  # 2: deterministic colmap, cubic pose interpolation, spline people scale
 REPORT_FORMAT = "nlfpipe.slam-report/1"
 PROVISIONAL_DEPTH_M = 4.0
 SCALE_SOURCES = ("auto", "people", "depth", "none")
@@ -103,8 +104,17 @@ def compute_slam(
     if params.camera_motion == "static":
         k = _full_intrinsics(params, width, height)
         track = CameraTrack.static(video.num_frames, width, height, intrinsics=k)
-        report = _report(params, "none", track, True, [], "given" if _known(params) else "default",
-                         {"source": "none", "applied": 1.0, "metric": True}, {}, started)
+        report = _report(
+            params,
+            "none",
+            track,
+            True,
+            [],
+            "given" if _known(params) else "default",
+            {"source": "none", "applied": 1.0, "metric": True},
+            {},
+            started,
+        )
         return _outputs(run, track, report, needs_people_scale=False)
     semseg, tracks = _read_masks(run, video)
     shape = slam_shape(height, width, params.target_pixels, backend.size_multiple)
@@ -152,9 +162,9 @@ def compute_people_scale(run: StageRun, fps: float) -> StageOutputs:
     report = json.loads(run.inputs["report"].read_text())
     if report.get("format") != REPORT_FORMAT:
         raise InvalidInput(f"report: format {report.get('format')!r}, want {REPORT_FORMAT}")
-    people = _people_tracks(run.inputs["predictions"], len(track))
+    people = _people_tracks(run.inputs["predictions"], len(track), track.image_size)
     rotations, centres = track.rotation, track.optical_center / 1000
-    estimate = people_scale(people, rotations, centres, fps, frames=report["keyframes"])
+    estimate = people_scale(people, rotations, centres, fps)
     scale = dict(report["scale"])
     provisional = float(scale["applied"])
     scale["people"] = {**estimate.to_dict(), "scale": estimate.scale * provisional}
@@ -288,8 +298,9 @@ def _depth_scale(trajectory: Trajectory, source: FrameSource, model, run) -> Sca
     return depth_model_scale(used, predicted)
 
 
-def _people_tracks(path, num_frames: int) -> list[PersonTrack]:
-    """Each track's camera-space centre and lowest joint per frame, metres."""
+def _people_tracks(path, num_frames: int, image_size: tuple[int, int]) -> list[PersonTrack]:
+    """Each track's camera-space centre (mean joint) per frame, metres, where the person's
+    joints all project inside the image."""
     rows: dict[int, dict[str, list]] = {}
     reader = PredictionsReader(path)
     if reader.num_frames != num_frames:
@@ -302,16 +313,18 @@ def _people_tracks(path, num_frames: int) -> list[PersonTrack]:
             continue
         r, c = frame.camera.rot_world_to_cam, frame.camera.optical_center
         joints_cam = (frame.joints.astype(np.float64) - c) @ r.T / 1000
-        up_world = np.array([0.0, -1.0, 0.0])
-        heights = (joints_cam @ r) @ up_world  # along world up, joints in world orientation
+        projected = joints_cam @ frame.camera.intrinsic_matrix.T
+        whole = inside_image(projected[..., :2] / projected[..., 2:3], *image_size)
         for i, tid in enumerate(frame.track_ids.tolist()):
-            row = rows.setdefault(tid, {"frames": [], "centres": [], "feet": []})
+            if not whole[i]:
+                continue
+            row = rows.setdefault(tid, {"frames": [], "centres": []})
             row["frames"].append(frame.frame_index)
             row["centres"].append(joints_cam[i].mean(0))
-            row["feet"].append(joints_cam[i][int(np.argmin(heights[i]))])
     return [
-        PersonTrack(np.asarray(r["frames"]), np.asarray(r["centres"]), np.asarray(r["feet"]))
-        for _, r in sorted(rows.items()) if len(r["frames"]) >= 3
+        PersonTrack(np.asarray(r["frames"]), np.asarray(r["centres"]))
+        for _, r in sorted(rows.items())
+        if len(r["frames"]) >= 3
     ]
 
 
@@ -327,17 +340,22 @@ def _report(params, backend, track: CameraTrack, static, keyframes, focal_source
         "keyframes": [int(f) for f in keyframes],
         "keyframe_count": len(keyframes),
         "intrinsics": {
-            "fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]),
-            "cy": float(k[1, 2]), "fov_deg": fov_from_focal(float(k[0, 0]), width, height),
+            "fx": float(k[0, 0]),
+            "fy": float(k[1, 1]),
+            "cx": float(k[0, 2]),
+            "cy": float(k[1, 2]),
+            "fov_deg": fov_from_focal(float(k[0, 0]), width, height),
             "source": focal_source,
         },  # fmt: skip
         "scale": scale,
-        "reprojection_error_px": None if not np.isfinite(reprojection_error)
+        "reprojection_error_px": None
+        if not np.isfinite(reprojection_error)
         else float(reprojection_error),
         "working_resolution": list(shape[::-1]) if shape else None,
         "smoothing_sigma_s": params.smoothing_sigma_s,
-        "path_length_m": float(np.linalg.norm(np.diff(track.optical_center, axis=0), axis=1)
-                               .sum() / 1000),  # fmt: skip
+        "path_length_m": float(
+            np.linalg.norm(np.diff(track.optical_center, axis=0), axis=1).sum() / 1000
+        ),  # fmt: skip
         "details": details,
         "timings_s": {"total": round(time.perf_counter() - started, 3)},
         "params": params.to_dict(),

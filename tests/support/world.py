@@ -114,11 +114,18 @@ class World:
 
 
 def render(
-    world: World, k: np.ndarray, rotation: np.ndarray, centre: np.ndarray, frame: int,
-    width: int, height: int,
+    world: World,
+    k: np.ndarray,
+    rotation: np.ndarray,
+    centre: np.ndarray,
+    frame: int,
+    width: int,
+    height: int,
+    background: bool = True,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """RGB uint8 (H, W, 3), one bool (H, W) mask per figure and the depth (z, m) of every
-    pixel, for a world->camera rotation and camera centre (m)."""
+    pixel, for a world->camera rotation and camera centre (m). `background=False` leaves the room
+    out (figures only, in front of nothing: quick, for tests that need only their boxes)."""
     u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     rays_cam = np.stack(
         [(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], axis=-1
@@ -129,7 +136,7 @@ def render(
         inverse = [1.0 / rays[:, a] for a in range(3)]
     depth = np.full(len(rays), np.inf, np.float32)
     image = np.zeros((len(rays), 3), np.float32)
-    for rect in world.rects:
+    for rect in world.rects if background else []:
         b, c = [a for a in range(3) if a != rect.axis]
         t = (np.float32(rect.offset) - origin[rect.axis]) * inverse[rect.axis]
         idx = np.flatnonzero((t > 1e-3) & (t < depth))
@@ -220,20 +227,21 @@ def look_rotation(forward: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z])
 
 
-def camera_path(kind: str, num_frames: int, fps: float, seed: int = 0):
+def camera_path(kind: str, num_frames: int, fps: float, seed: int = 0, shake: bool = True):
     """(rotations (T, 3, 3) world->camera, centres (T, 3) m) of a named motion.
 
     forward: a 1 m/s walk along +z with sway and bob (stays in the room for about 8 s); pace:
     walking 4 m forward and back again every 8 s, any length; arc: a sideways arc around the
     room's middle; pan: standing, turning 25 degrees; static: not moving; nudge: 20 cm to the
     right.
-    All but static have small handheld shake (accelerations that anchor a metric scale).
+    All but static have small handheld shake (accelerations that anchor a metric scale);
+    `shake=False` leaves it out (the walk the figures keep pace with).
     """
     t = np.arange(num_frames) / fps
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 2 * np.pi, 6)
     shake = 0.02 * np.stack([np.sin(2.1 * t + phase[0]), np.sin(2.9 * t + phase[1]),
-                             np.sin(1.7 * t + phase[2])], axis=1)  # fmt: skip
+                             np.sin(1.7 * t + phase[2])], axis=1) * shake  # fmt: skip
     yaw_shake = 0.01 * np.sin(1.3 * t + phase[3])
     if kind == "forward":
         centres = np.stack([0.15 * np.sin(1.2 * t), 0.03 * np.sin(4 * t), 1.0 * t], 1) + shake
@@ -265,9 +273,13 @@ def camera_path(kind: str, num_frames: int, fps: float, seed: int = 0):
     return rotations, np.asarray(centres, np.float64)
 
 
-def figure_paths(num_frames: int, fps: float, count: int, camera_centres: np.ndarray,
-                 seed: int = 0) -> list[np.ndarray]:
-    """Floor positions (T, 2) of `count` figures walking 3.5-5.5 m ahead of the camera."""
+def figure_paths(
+    num_frames: int, fps: float, count: int, camera_centres: np.ndarray, seed: int = 0
+) -> list[np.ndarray]:
+    """Floor positions (T, 2) of `count` figures walking 3.5-5.5 m ahead of the camera, keeping
+    pace with `camera_centres` (give the walk without its shake: people do not follow the
+    operator's hand, and a figure copying the camera's accelerations would bias the
+    people-anchored scale by the fraction it copies)."""
     rng = np.random.default_rng(seed + 1)
     t = np.arange(num_frames) / fps
     paths = []
@@ -276,8 +288,12 @@ def figure_paths(num_frames: int, fps: float, count: int, camera_centres: np.nda
         lane = (i + 0.5) / max(count, 1) * 2.4 - 1.2
         speed = rng.uniform(0.5, 0.9) * (1 if i % 2 == 0 else -1)
         x = lane + 0.5 * np.sin(speed * t + rng.uniform(0, 1))
-        z = camera_centres[0, 2] + ahead + 0.6 * (camera_centres[:, 2] - camera_centres[0, 2]) \
+        z = (
+            camera_centres[0, 2]
+            + ahead
+            + 0.6 * (camera_centres[:, 2] - camera_centres[0, 2])
             + 0.3 * np.sin(0.8 * t + i)
+        )
         paths.append(np.stack([x, z], axis=1))
     return paths
 
@@ -310,12 +326,15 @@ def make_moving_camera_video(
     seed: int = 0,
     keep_masks: bool = False,
     crf: int = 16,
+    background: bool = True,
 ) -> MovingCameraTruth:
-    """Renders the world along `motion` and writes H.264 to `path` (None: render only)."""
+    """Renders the world along `motion` and writes H.264 to `path` (None: render only;
+    `background=False`: the figures only, see `render`)."""
     num_frames = int(round(seconds * fps))
     world = World.room(seed)
     rotations, centres = camera_path(motion, num_frames, fps, seed)
-    world.figure_paths = figure_paths(num_frames, fps, figures, centres, seed)
+    walk = camera_path(motion, num_frames, fps, seed, shake=False)[1]
+    world.figure_paths = figure_paths(num_frames, fps, figures, walk, seed)
     k = intrinsics_from_fov(fov_deg, width, height)
     boxes = np.full((figures, num_frames, 4), np.nan)
     masks = [] if keep_masks else None
@@ -327,7 +346,8 @@ def make_moving_camera_video(
         stream.options = {"preset": "veryfast", "crf": str(crf)}
     try:
         for t in range(num_frames):
-            image, figure_masks, _ = render(world, k, rotations[t], centres[t], t, width, height)
+            image, figure_masks, _ = render(world, k, rotations[t], centres[t], t, width, height,
+                                            background)  # fmt: skip
             for i, m in enumerate(figure_masks):
                 ys, xs = np.nonzero(m)
                 if len(xs):
@@ -355,8 +375,13 @@ def make_moving_camera_video(
     return MovingCameraTruth(cameras, boxes, all_centres, masks)
 
 
-def write_truth_masks(path: Path, truth: MovingCameraTruth, short_side: int = 0,
-                      frames: list[int] | None = None, union: bool = False) -> None:
+def write_truth_masks(
+    path: Path,
+    truth: MovingCameraTruth,
+    short_side: int = 0,
+    frames: list[int] | None = None,
+    union: bool = False,
+) -> None:
     """The figures' true masks as an `nlfpipe.masks/1` file (track id = figure index, or one
     track 0 with `union`), at `short_side` (0: the video's size); `frames` limits the frames
     that carry masks (the others are empty and `meta.computed_frames` lists the kept ones)."""
