@@ -476,8 +476,6 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def start_prefect_server(port: int, state_dir: Path, timeout_s: float = 120.0) -> dict:
     """Starts `prefect server start` in its own session; returns its pid and URLs once healthy."""
-    import urllib.request
-
     state_dir = Path(state_dir)
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "logs" / "prefect-server.log"
@@ -497,24 +495,38 @@ def start_prefect_server(port: int, state_dir: Path, timeout_s: float = 120.0) -
             start_new_session=True,
         )  # fmt: skip
     api_url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(popen, api_url, log_path, timeout_s, poll_s=0.5)
+    except StackError:
+        _signal_group(popen.pid, signal.SIGTERM)
+        raise
+    return {
+        "pid": popen.pid,
+        "api_url": api_url,
+        "ui_url": f"http://127.0.0.1:{port}",
+        "log_path": str(log_path),
+    }
+
+
+def _wait_healthy(
+    popen: subprocess.Popen | None, api_url: str, log_path: Path, timeout_s: float, poll_s: float
+) -> None:
+    """Returns once the Prefect API at `api_url` answers /health; StackError (with the server's
+    log) when the process exits or does not answer in `timeout_s`."""
+    import urllib.request
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if popen.poll() is not None:
+        if popen is None or popen.poll() is not None:
             raise StackError(f"the Prefect server exited; its log: {log_path}\n{_tail(log_path)}")
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as reply:
                 if reply.status == 200:
-                    return {
-                        "pid": popen.pid,
-                        "api_url": api_url,
-                        "ui_url": f"http://127.0.0.1:{port}",
-                        "log_path": str(log_path),
-                    }
+                    return
         except OSError:
             pass
-        time.sleep(0.5)
-    _signal_group(popen.pid, signal.SIGTERM)
-    raise StackError(f"the Prefect server did not answer in {timeout_s:.0f} s; log: {log_path}")
+        time.sleep(poll_s)
+    raise StackError(f"the Prefect server did not answer in {timeout_s:.0f} s; its log: {log_path}")
 
 
 def prefect_api_url(state_dir: Path = DEFAULT_STATE_DIR) -> str | None:
@@ -588,24 +600,7 @@ class EmbeddedPrefect:
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         """Returns once the API answers; StackError (with its log) when it exits or stalls."""
-        import urllib.request
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.popen is None or self.popen.poll() is not None:
-                raise StackError(
-                    f"the Prefect server exited; its log: {self.log_path}\n{_tail(self.log_path)}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise StackError(
-            f"the Prefect server did not answer in {timeout_s:.0f} s; its log: {self.log_path}"
-        )
+        _wait_healthy(self.popen, self.api_url, self.log_path, timeout_s, poll_s=0.1)
 
     def terminate(self) -> None:
         """Asks the server to stop (SIGTERM) without waiting; stop() waits."""
