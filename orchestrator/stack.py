@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from orchestrator.forked import ForkedService, finish_forked, start_forked
+from orchestrator.forked import port_file as forked_port_file
 from services.common.client import health_status
 from services.common.models import cli_program, load_registry, sha256_of
 from services.common.settings import load_settings
@@ -77,6 +79,8 @@ MODEL_SELECTION_ENV = (
 )
 #: Set (to 1) by `--test-models`: the services run on generated stand-ins.
 TEST_MODELS_ENV = "NLFPIPE_TEST_MODELS"
+#: 0: every service of a stack starts as a process of its own (see LocalStack._launch_fresh).
+FORK_SERVICES_ENV = "NLFPIPE_FORK_SERVICES"
 
 
 def service_models(stage: str, env: Mapping[str, str]) -> dict:
@@ -134,7 +138,9 @@ class ServiceProcess:
     owned: bool = True
     restarts: int = 0
     models: dict | None = None  # service_models() at start
-    popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+    popen: "subprocess.Popen | ForkedService | None" = field(
+        default=None, repr=False, compare=False
+    )
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -183,6 +189,7 @@ class LocalStack:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
+        self._forkserver: subprocess.Popen | None = None
 
     # lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> "LocalStack":
@@ -198,6 +205,7 @@ class LocalStack:
         reusable = running_services(self.state_dir)
         launched: list[_Launched] = []
         try:
+            fresh = []
             for stage in self.stages:
                 found = reusable.get(stage)
                 if found is not None and health_status(found.address, timeout_s=2.0) == "SERVING":
@@ -205,11 +213,14 @@ class LocalStack:
                     found.owned = False
                     self.services[stage] = found
                 else:
-                    launched.append(self._launch(stage, port=0))
+                    fresh.append(stage)
+            launched = self._launch_fresh(fresh)
             # Every process is started before any is waited for: they import and load together.
             while launched:
                 self.services[launched[0].stage] = self._bound(launched[0])
                 launched.pop(0)
+            if self._forkserver is not None and self.detach:
+                finish_forked(self._forkserver, self.state_dir, wait=False)
             self._wait_all_serving()
         except BaseException:
             for rest in launched:
@@ -261,19 +272,39 @@ class LocalStack:
                 service.popen.wait(timeout=5)
         if self._supervisor is not None:
             self._supervisor.join(timeout=1)
+        if self._forkserver is not None and not self.detach:
+            finish_forked(self._forkserver, self.state_dir)
+            self._forkserver = None
 
     # processes -----------------------------------------------------------------------------
     def _spawn(self, stage: str, port: int) -> ServiceProcess:
         return self._bound(self._launch(stage, port))
+
+    def _launch_fresh(self, stages: list[str]) -> list["_Launched"]:
+        """Starts fresh services without waiting for them: several together come from one fork
+        server (services.common.forkserver: torch and the stages are imported once, not once
+        per service), unless NLFPIPE_FORK_SERVICES=0; a single one is a process of its own."""
+        if len(stages) < 2 or self.env.get(FORK_SERVICES_ENV, "1") == "0":
+            return [self._launch(stage, port=0) for stage in stages]
+        logs = {stage: self._fresh_log(stage) for stage in stages}
+        env = {**self.env, "NLFPIPE_LOG_FORMAT": "json"}
+        self._forkserver, handles = start_forked(stages, self.state_dir, env, detach=self.detach)
+        return [_Launched(stage, handles[stage], forked_port_file(self.state_dir, stage),
+                          logs[stage]) for stage in stages]  # fmt: skip
+
+    def _fresh_log(self, stage: str) -> Path:
+        """A fresh start's log path; the previous log is kept as `<stage>.log.1`."""
+        log_path = self.state_dir / "logs" / f"{stage}.log"
+        if log_path.exists():
+            os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+        return log_path
 
     def _launch(self, stage: str, port: int) -> "_Launched":
         """Starts a service process without waiting for it (port 0: a fresh start, whose log
         replaces the previous one as `<stage>.log.1`; else a restart, appending)."""
         port_file = self.state_dir / f"{stage}.port"
         port_file.unlink(missing_ok=True)
-        log_path = self.state_dir / "logs" / f"{stage}.log"
-        if not port and log_path.exists():
-            os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+        log_path = self._fresh_log(stage) if not port else self.state_dir / "logs" / f"{stage}.log"
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 serve_command(stage, port, port_file),
@@ -368,7 +399,7 @@ class _Launched:
     """A service process that was started and may not listen yet."""
 
     stage: str
-    popen: subprocess.Popen
+    popen: "subprocess.Popen | ForkedService"
     port_file: Path
     log_path: Path
 
@@ -382,7 +413,9 @@ def _stop_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _read_port(port_file: Path, popen: subprocess.Popen, log_path: Path, timeout_s: float) -> int:
+def _read_port(
+    port_file: Path, popen: "subprocess.Popen | ForkedService", log_path: Path, timeout_s: float
+) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if port_file.exists():

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from services.common.client import health_status
@@ -119,3 +120,25 @@ def test_ctrl_c_during_a_stage_stops_services_within_5_s(runs):
     assert "interrupted; services stopped" in stderr
     assert "Traceback" not in stderr and "Crash detected" not in stderr
     assert all(health_status(a, timeout_s=1.0) == "UNREACHABLE" for a in _addresses(stderr))
+
+
+def test_services_stop_when_the_run_is_killed(runs):
+    """SIGKILL leaves no service behind: the fork server and its services end with the run."""
+    cwd = runs[0]
+    log = cwd / ".nlfpipe" / "logs" / "run.log"
+    log.unlink(missing_ok=True)
+    run = subprocess.Popen(
+        [NLFPIPE, "run", "clip.mp4", *SMALL_RUN, "--force"],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (log.exists() and "ingest done" in log.read_text()):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.05)
+    services = [p for p in psutil.Process(run.pid).children(recursive=True)
+                if "services.common.forkserver" in " ".join(p.cmdline())]  # fmt: skip
+    assert len(services) == 5, "the fork server and its four services"
+    run.kill()
+    run.communicate(timeout=60)
+    _, alive = psutil.wait_procs(services, timeout=10)
+    assert not alive, f"left running: {[p.pid for p in alive]}"

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 from orchestrator import cli
@@ -54,6 +55,67 @@ def test_stack_restarts_a_killed_service_on_its_port_and_stops_cleanly(local_env
         restarted = stack.services["ingest"].popen
     assert restarted.poll() == 0, "SIGTERM must stop the service with exit code 0"
     assert health_status(service.address, timeout_s=1.0) == "UNREACHABLE"
+
+
+def test_several_services_come_from_one_fork_server_and_stop_cleanly(local_env):
+    from orchestrator.forked import ForkedService
+
+    state_dir = local_env / "state"
+    with LocalStack(["ingest", "interpolation"], state_dir=state_dir) as stack:
+        forkserver = stack._forkserver
+        forked = dict(stack.services)
+        for service in forked.values():
+            assert isinstance(service.popen, ForkedService)
+            assert health_status(service.address) == "SERVING"
+            process = psutil.Process(service.pid)
+            assert process.ppid() == forkserver.pid
+            assert os.getsid(service.pid) == service.pid, "a session of its own, as before"
+            assert "services.common.forkserver" in " ".join(process.cmdline())
+        ingest = forked["ingest"]
+        os.kill(ingest.pid, signal.SIGKILL)
+        assert _wait_for(lambda: stack.services["ingest"].restarts == 1)
+        assert _wait_for(lambda: health_status(ingest.address) == "SERVING")
+        assert ingest.popen.poll() == -signal.SIGKILL, "the fork server recorded how it ended"
+        assert not isinstance(stack.services["ingest"].popen, ForkedService), "restarted alone"
+    assert forked["interpolation"].popen.poll() == 0, "SIGTERM stops a forked service with 0"
+    assert forkserver.poll() == 0
+    assert all(health_status(s.address, timeout_s=1.0) == "UNREACHABLE" for s in forked.values())
+    assert not list(state_dir.glob("forked-*")) and not list(state_dir.glob("*.port"))
+    assert "listening" in (state_dir / "logs" / "interpolation.log").read_text()
+
+
+def test_forking_services_can_be_turned_off(local_env):
+    env = {**os.environ, "NLFPIPE_FORK_SERVICES": "0"}
+    with LocalStack(["ingest", "interpolation"], env=env, state_dir=local_env / "s") as stack:
+        assert stack._forkserver is None
+        assert all("serve" in s.popen.args for s in stack.services.values())
+
+
+def test_the_fork_server_spawns_plain_services_while_a_thread_runs(tmp_path, monkeypatch):
+    """Forking a process in which another thread runs could leave a lock held in the child."""
+    import threading
+
+    from services.common.forkserver import start_children
+
+    monkeypatch.setenv("NLFPIPE_STORE", "local")
+    monkeypatch.setenv("NLFPIPE_STORE_ROOT", str(tmp_path / "store"))
+    running = threading.Event()
+    thread = threading.Thread(target=running.wait, daemon=True)
+    thread.start()
+    children: dict[int, str] = {}
+    try:
+        start_children(["ingest"], tmp_path, tmp_path, False, children)
+    finally:
+        running.set()
+    (pid,) = children
+    try:
+        assert (tmp_path / "ingest.pid").read_text() == str(pid)
+        assert _wait_for(lambda: (tmp_path / "ingest.port").exists())
+        command = psutil.Process(pid).cmdline()
+        assert command[command.index("serve") + 1] == "ingest"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 def test_stack_up_state_is_reused_and_stopped_by_down(local_env):

@@ -193,8 +193,14 @@ def canonical_points(num_vertices: int = 6890, num_joints: int = 24, seed: int =
 
 
 def install_test_models(model_cache: Path, num_vertices: int = 6890, num_joints: int = 24,
-                        detections=DEFAULT_DETECTIONS) -> None:
-    """Writes the stand-in under the registry's file names of nlf-l and nlf-s, plus nlf-data."""
+                        detections=DEFAULT_DETECTIONS,
+                        template: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Writes the stand-in under the registry's file names of nlf-l and nlf-s, plus nlf-data.
+
+    ``template`` (vertices, joints in metres) is what the stand-in places at every box: by
+    default the random box of ``canonical_points``; `--test-models` runs give it a body
+    (``orchestrator.testmodels``), so that fits reproduce the stand-in's people exactly.
+    """
     from services.common.models import load_registry
 
     registry = load_registry()
@@ -203,7 +209,7 @@ def install_test_models(model_cache: Path, num_vertices: int = 6890, num_joints:
         target = model_cache / name / registry[name].files[0].name
         target.parent.mkdir(parents=True, exist_ok=True)
         module.save(str(target))
-    verts, joints = canonical_points(num_vertices, num_joints)
+    verts, joints = canonical_points(num_vertices, num_joints) if template is None else template
     data = model_cache / "nlf-data"
     for rel, array in (("canonical_verts/smpl.npy", verts), ("canonical_joints/smpl.npy", joints)):
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
