@@ -80,7 +80,7 @@ def _wait_state(client, run_id, done, timeout_s: float):
 
 def test_choose_people_in_the_resume_dialog_and_open_the_results(stack):
     chromium = _chromium()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.deployments import run_deployment
@@ -113,8 +113,11 @@ def test_choose_people_in_the_resume_dialog_and_open_the_results(stack):
             assert dialog.locator("table tr").count() == 1 + FIGURES
 
             dialog.get_by_role("button", name="Add item").click()
-            dialog.locator("input[type='number']").first.fill("1")
+            number = dialog.locator("input[type='number']").first
+            number.fill("1")
+            expect(number).to_have_value("1")
             dialog.get_by_role("button", name="Submit").click()
+            expect(dialog).to_be_hidden(timeout=30_000)  # the resume was sent
             state = _wait_state(api, run.id, lambda s: s.is_final(), timeout_s=90)
             assert state.is_completed(), state.message
 
