@@ -99,8 +99,8 @@ def test_an_identical_rerun_is_answered_without_starting_anything(runs):
     assert len(folders) == 1, "the same run, the same folder"
 
 
-def test_ctrl_c_during_a_stage_stops_services_within_5_s(runs):
-    cwd = runs[0]
+def _run_past_ingest(cwd: Path) -> subprocess.Popen:
+    """A forced run of the clip, returned once its ingest stage is done (tracking runs)."""
     log = cwd / ".nlfpipe" / "logs" / "run.log"
     log.unlink(missing_ok=True)
     run = subprocess.Popen(
@@ -111,6 +111,11 @@ def test_ctrl_c_during_a_stage_stops_services_within_5_s(runs):
     while not (log.exists() and "ingest done" in log.read_text()):
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.05)
+    return run
+
+
+def test_ctrl_c_during_a_stage_stops_services_within_5_s(runs):
+    run = _run_past_ingest(runs[0])
     interrupted = time.monotonic()
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
@@ -124,17 +129,7 @@ def test_ctrl_c_during_a_stage_stops_services_within_5_s(runs):
 
 def test_services_stop_when_the_run_is_killed(runs):
     """SIGKILL leaves no service behind: the fork server and its services end with the run."""
-    cwd = runs[0]
-    log = cwd / ".nlfpipe" / "logs" / "run.log"
-    log.unlink(missing_ok=True)
-    run = subprocess.Popen(
-        [NLFPIPE, "run", "clip.mp4", *SMALL_RUN, "--force"],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (log.exists() and "ingest done" in log.read_text()):
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-        time.sleep(0.05)
+    run = _run_past_ingest(runs[0])
     services = [p for p in psutil.Process(run.pid).children(recursive=True)
                 if "services.common.forkserver" in " ".join(p.cmdline())]  # fmt: skip
     assert len(services) == 5, "the fork server and its four services"
