@@ -74,8 +74,19 @@ def measure(backend_name: str, video: Path, fov: float, mapping_threads: int) ->
         "frames_per_s": report["frames"] / seconds, "keyframes": report["keyframe_count"],
         "ate_pct_of_path": error.ate_pct_of_path, "rotation_median_deg": error.rotation_median_deg,
         "fov_deg": report["intrinsics"]["fov_deg"], "timings_s": report["timings_s"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
     }  # fmt: skip
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries that across exec,
+    so a child started by a parent that had rendered the videos (a GB of masks) reported the
+    parent's peak instead of its own."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(args: list[str]) -> dict:

@@ -59,7 +59,9 @@ def _write(path: Path, text: str) -> None:
         tmp.replace(path)
 
 
-def _serve_in_child(stage: str, run_dir: Path, log_dir: Path, with_parent: bool) -> None:
+def _serve_in_child(
+    stage: str, run_dir: Path, log_dir: Path, with_parent: bool, parent: int
+) -> None:
     """The forked child: becomes the stage's service process; never returns."""
     code = 1
     try:
@@ -68,6 +70,8 @@ def _serve_in_child(stage: str, run_dir: Path, log_dir: Path, with_parent: bool)
         os.setsid()
         if with_parent:
             stop_with_parent()
+            if os.getppid() != parent:  # the fork server ended before the line above
+                os._exit(1)
         log = os.open(log_dir / f"{stage}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -103,13 +107,14 @@ def start_children(
     """Forks (or, when threads run, spawns) one service per stage, adding pid -> stage to
     `children` as each starts."""
     fork = threading.active_count() == 1
+    me = os.getpid()
     for stage in stages:
         sys.stdout.flush()
         sys.stderr.flush()
         if fork:
             pid = os.fork()
             if pid == 0:
-                _serve_in_child(stage, run_dir, log_dir, with_parent)
+                _serve_in_child(stage, run_dir, log_dir, with_parent, me)
         else:
             pid = _spawn(stage, run_dir, log_dir, with_parent)
         children[pid] = stage
