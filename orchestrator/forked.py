@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from services.common.forkserver import stop_with_parent
+from services.common.forkserver import serve_command, stop_with_parent
 
 #: Seconds to wait for the fork server to name a child's pid (it forks right after importing).
 PID_TIMEOUT_S = 120.0
@@ -30,7 +30,8 @@ class ForkedService:
         self.stage = stage
         self.run_dir = run_dir
         self.parent = parent
-        self.args = [sys.executable, "-m", "services.common.cli", "serve", stage]
+        self.port_file = run_dir / f"{stage}.port"
+        self.args = serve_command(stage, 0, self.port_file)
         self.returncode: int | None = None
         self._pid: int | None = None
 
@@ -89,9 +90,8 @@ def start_forked(
     stages: list[str], state_dir: Path, env: Mapping[str, str], *, detach: bool
 ) -> tuple[subprocess.Popen, dict[str, ForkedService]]:
     """Starts the fork server for `stages` (logs in state_dir/logs, which the caller has
-    rotated); returns it and each stage's handle. Port files: state_dir/forked-<pid>/<stage>.port.
-    """
-    run_dir = Path(state_dir) / f"forked-{os.getpid()}"
+    rotated); returns it and each stage's handle."""
+    run_dir = _run_dir(state_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     log_dir = Path(state_dir) / "logs"
@@ -107,9 +107,9 @@ def start_forked(
     return parent, {stage: ForkedService(stage, run_dir, parent) for stage in stages}
 
 
-def port_file(state_dir: Path, stage: str) -> Path:
-    """Where the fork server's child for `stage` writes its port (see start_forked)."""
-    return Path(state_dir) / f"forked-{os.getpid()}" / f"{stage}.port"
+def _run_dir(state_dir: Path) -> Path:
+    """The fork server's files (pid, port and exit files) of this process's stack."""
+    return Path(state_dir) / f"forked-{os.getpid()}"
 
 
 def finish_forked(
@@ -123,4 +123,4 @@ def finish_forked(
         except subprocess.TimeoutExpired:
             parent.kill()
             parent.wait(timeout=5)
-    shutil.rmtree(Path(state_dir) / f"forked-{os.getpid()}", ignore_errors=True)
+    shutil.rmtree(_run_dir(state_dir), ignore_errors=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 
 from orchestrator.forked import ForkedService, finish_forked, start_forked
-from orchestrator.forked import port_file as forked_port_file
 from services.common.client import health_status
+from services.common.forkserver import serve_command, stop_with_parent
 from services.common.models import cli_program, load_registry, sha256_of
 from services.common.settings import load_settings
 from services.common.stages import stage_spec
@@ -156,14 +156,6 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def serve_command(stage: str, port: int, port_file: Path) -> list[str]:
-    """The command line of one stage service process."""
-    return [
-        sys.executable, "-m", "services.common.cli", "serve", stage,
-        "--port", str(port), "--port-file", str(port_file),
-    ]  # fmt: skip
-
-
 class LocalStack:
     """Stage services as child processes of this one; a context manager that stops them."""
 
@@ -289,8 +281,8 @@ class LocalStack:
         logs = {stage: self._fresh_log(stage) for stage in stages}
         env = {**self.env, "NLFPIPE_LOG_FORMAT": "json"}
         self._forkserver, handles = start_forked(stages, self.state_dir, env, detach=self.detach)
-        return [_Launched(stage, handles[stage], forked_port_file(self.state_dir, stage),
-                          logs[stage]) for stage in stages]  # fmt: skip
+        return [_Launched(stage, handles[stage], handles[stage].port_file, logs[stage])
+                for stage in stages]  # fmt: skip
 
     def _fresh_log(self, stage: str) -> Path:
         """A fresh start's log path; the previous log is kept as `<stage>.log.1`."""
@@ -313,7 +305,7 @@ class LocalStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=None if self.detach else _stop_with_parent,
+                preexec_fn=None if self.detach else stop_with_parent,
             )
         return _Launched(stage, popen, port_file, log_path)
 
@@ -402,15 +394,6 @@ class _Launched:
     popen: "subprocess.Popen | ForkedService"
     port_file: Path
     log_path: Path
-
-
-def _stop_with_parent() -> None:
-    """In the child: SIGTERM when the parent dies (even by SIGKILL), so no service is orphaned."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _read_port(
@@ -628,7 +611,7 @@ class EmbeddedPrefect:
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_stop_with_parent,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=stop_with_parent,
             )  # fmt: skip
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:

@@ -38,9 +38,18 @@ _PR_SET_PDEATHSIG = 1
 
 
 def stop_with_parent() -> None:
-    """SIGTERM to this process when its parent ends (even by SIGKILL)."""
+    """SIGTERM to this process when its parent ends (even by SIGKILL), so that no service is
+    orphaned; also a `preexec_fn` for children started with subprocess."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def serve_command(stage: str, port: int, port_file: Path) -> list[str]:
+    """The command line of one stage service process (`nlfpipe serve`)."""
+    return [
+        sys.executable, "-m", "services.common.cli", "serve", stage,
+        "--port", str(port), "--port-file", str(port_file),
+    ]  # fmt: skip
 
 
 def preload(stages: list[str]) -> None:
@@ -93,8 +102,7 @@ def _spawn(stage: str, run_dir: Path, log_dir: Path, with_parent: bool) -> int:
     """A plain `nlfpipe serve` child (when forking is not safe); returns its pid."""
     with open(log_dir / f"{stage}.log", "ab") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "services.common.cli", "serve", stage, "--port", "0",
-             "--port-file", str(run_dir / f"{stage}.port")],
+            serve_command(stage, 0, run_dir / f"{stage}.port"),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=stop_with_parent if with_parent else None,
         )  # fmt: skip
